@@ -1,0 +1,229 @@
+"""The bundle: a directory every verb reads and adds to, described by a versioned manifest.
+
+Writes go to a staging directory beside the target that is renamed into place, so a crash
+leaves the old bundle or the new one, never half of one. Loading verifies the format version
+and every artifact's sha256 before anything parses a model file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgebert import __version__
+from edgebert.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REPORTS = "reports"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a bundle: a model (with a precision) or the tokenizer."""
+
+    file: str
+    sha256: str
+    kind: str = "model"
+    precision: str | None = None
+    parent: str | None = None
+    made_by: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle holds and how each part was made (``manifest.json``)."""
+
+    task: str
+    labels: tuple[str, ...] | None
+    max_length: int
+    inputs: tuple[str, ...]
+    output: str
+    source: dict[str, Any]
+    artifacts: dict[str, Artifact]
+    pooling: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    format_version: int = FORMAT_VERSION
+    edgebert_version: str = __version__
+
+    def with_artifact(self, name: str, artifact: Artifact) -> Manifest:
+        return dataclasses.replace(self, artifacts={**self.artifacts, name: artifact})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["labels"] = list(self.labels) if self.labels is not None else None
+        data["inputs"] = list(self.inputs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["artifacts"] = {name: Artifact(**art) for name, art in data["artifacts"].items()}
+        data["labels"] = tuple(data["labels"]) if data.get("labels") is not None else None
+        data["inputs"] = tuple(data["inputs"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle directory."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, name: str) -> Path:
+        return self.path / self.manifest.artifacts[name].file
+
+    def models(self) -> dict[str, Artifact]:
+        """Model artifacts by name, fp32 first."""
+        models = {n: a for n, a in self.manifest.artifacts.items() if a.kind == "model"}
+        return dict(sorted(models.items(), key=lambda item: item[1].parent is not None))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Bundle:
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise BundleError(
+                f"no bundle at '{path}' (no {MANIFEST}): create one with `edgebert export --out {path}`"
+            )
+        manifest = read_manifest(path)
+        for name, artifact in manifest.artifacts.items():
+            verify_artifact(path, name, artifact)
+        known = {MANIFEST, REPORTS} | {a.file for a in manifest.artifacts.values()}
+        unknown = sorted(p.name for p in path.iterdir() if p.name not in known)
+        if unknown:
+            raise BundleError(
+                f"bundle '{path}' holds files its manifest does not list ({', '.join(unknown)}): "
+                "remove them or re-export the bundle"
+            )
+        return cls(path, manifest)
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        version = data["format_version"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(
+            f"'{path / MANIFEST}' is not a valid manifest ({exc}): re-export the bundle"
+        ) from exc
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"bundle '{path}' has format version {version}, newer than this edgebert reads "
+            f"({FORMAT_VERSION}): upgrade edgebert (pip install -U edgebert)"
+        )
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise BundleError(
+            f"'{path / MANIFEST}' is missing a field or has an unknown one ({exc}): re-export"
+        ) from exc
+
+
+def verify_artifact(root: Path, name: str, artifact: Artifact) -> None:
+    """Refuse paths that leave the bundle, links, missing files and checksum mismatches."""
+    target = root / artifact.file
+    if Path(artifact.file).name != artifact.file or artifact.file in ("", ".", ".."):
+        raise BundleError(
+            f"artifact '{name}' points outside bundle '{root}' ({artifact.file!r}): refusing to load it"
+        )
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise BundleError(f"'{target}' is a link or not a regular file: bundles hold plain files only")
+    if not target.is_file():
+        raise BundleError(f"'{target}' is missing from the bundle: re-export it with `edgebert export`")
+    if sha256(target) != artifact.sha256:
+        raise BundleError(
+            f"'{target}' does not match its sha256 in {MANIFEST} (corrupt or modified): re-export it"
+        )
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifact(stage: Path, file: str, **fields: Any) -> Artifact:
+    """An Artifact for ``file`` inside ``stage``, with its checksum."""
+    return Artifact(file=file, sha256=sha256(stage / file), **fields)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a temp file beside ``path``, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def staging(
+    target: Path, *, start_from: Path | None = None, replace: bool = False, marker: str = MANIFEST
+) -> Iterator[Path]:
+    """Yield a staging directory beside ``target`` (empty, or a copy of ``start_from``); it becomes
+    ``target`` on success.
+
+    On any exception the staging directory is removed and ``target`` is left as it was. An existing
+    ``target`` is only replaced when it holds ``marker`` (it is one of ours) or is empty.
+    """
+    target = Path(target).absolute()
+    if target.exists() and start_from is None and not replace:
+        raise BundleError(f"'{target}' already exists: choose another --out or pass --force to replace it")
+    if target.exists() and not (target / marker).is_file() and any(target.iterdir()):
+        raise BundleError(f"'{target}' exists and holds no {marker}: refusing to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
+    try:
+        if start_from is not None:
+            for item in start_from.iterdir():
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, stage / item.name)
+        yield stage
+        _fsync_tree(stage)
+        _swap_into_place(stage, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_manifest(stage: Path, manifest: Manifest) -> None:
+    write_json(stage / MANIFEST, manifest.to_dict())
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _swap_into_place(stage: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        os.replace(target, old)
+    os.replace(stage, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

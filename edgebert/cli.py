@@ -1,0 +1,388 @@
+"""The ``edgebert`` command: parse, call a verb, print. The only place errors become exit codes.
+
+Exit codes: 0 success, 1 an error edgebert explains in one line, 2 a usage error.
+People read tables on stdout; ``--json`` prints one JSON object on stdout instead, and progress
+and logs go to stderr either way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from edgebert import __version__
+from edgebert.errors import EdgebertError
+
+console = Console()
+errors = Console(stderr=True)
+DEFAULT_BUNDLE = "bundle"
+
+
+def _explained(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn edgebert's errors into one line and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EdgebertError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers (e.g. 1,8)") from None
+    return values
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgebert")
+@click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
+def main(quiet: bool) -> None:
+    """Make a BERT small and fast enough for the edge, and prove it is still right.
+
+    \b
+    Typical flow:
+      edgebert export --quantize int8          # default model -> ./bundle (fp32 + int8 ONNX)
+      edgebert bench --device cpu              # latency, accuracy, memory, size
+      edgebert predict bundle "some text"      # torch-free inference
+    """
+    if not console.is_terminal:
+        console.width = 150  # tables piped to a file or a CI log: do not squeeze them into 80 columns
+    handler = RichHandler(console=errors, show_time=False, show_path=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("edgebert").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+@main.command()
+@click.option(
+    "--model", "-m", help="Checkpoint directory (Hugging Face BERT, safetensors). Default: all-MiniLM-L6-v2."
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classify", "embed"]),
+    help="Default: classify if the checkpoint has a classification head, else embed.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "int8"]),
+    default="none",
+    show_default=True,
+    help="Also write a dynamic INT8 model (per-channel weights).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(8, 512),
+    default=128,
+    show_default=True,
+    help="Longest input in tokens; longer texts are truncated.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_BUNDLE,
+    show_default=True,
+    help="Bundle directory to create.",
+)
+@click.option("--opset", type=click.IntRange(17, 21), default=17, show_default=True, help="ONNX opset.")
+@click.option(
+    "--fuse",
+    is_flag=True,
+    help="Run ONNX Runtime's transformer optimizer offline (slower on our CPUs; see README).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_explained
+def export(
+    model: str | None,
+    task: str | None,
+    quantize: str,
+    max_length: int,
+    out: Path,
+    opset: int,
+    fuse: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Export a BERT to a validated ONNX bundle (and INT8 with --quantize int8)."""
+    from edgebert.exporter import ExportConfig
+    from edgebert.exporter import export as run_export
+
+    config = ExportConfig(
+        model=model, task=task, quantize=quantize, max_length=max_length, opset=opset, fuse=fuse, force=force
+    )
+    bundle = run_export(out, config)
+    _show_bundle(bundle, as_json)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_explained
+def quantize(bundle: Path, as_json: bool) -> None:
+    """Add a dynamic INT8 model to an existing BUNDLE, validated against its fp32 model."""
+    from edgebert.quantizer import quantize as run_quantize
+
+    _show_bundle(run_quantize(bundle), as_json)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: ONNX Runtime CPU; gpu: ONNX Runtime CUDA (needs edgebert[gpu] and an NVIDIA GPU).",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Labeled file for accuracy (TSV/CSV/JSONL); without it agreement is measured on built-in sentences.",
+)
+@click.option(
+    "--batch-size", "batch_sizes", default="1,8", show_default=True, help="Comma-separated batch sizes."
+)
+@click.option(
+    "--seq-len",
+    "seq_lens",
+    default="128",
+    show_default=True,
+    help="Comma-separated sequence lengths (tokens).",
+)
+@click.option("--precision", "precisions", help="Comma-separated models to run (default: all in the bundle).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Intra-op threads (default: ONNX Runtime's, one per physical core).",
+)
+@click.option(
+    "--min-runs",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Timed runs per shape, at least.",
+)
+@click.option(
+    "--min-seconds",
+    type=click.FloatRange(0),
+    default=2.0,
+    show_default=True,
+    help="Seconds of timing per shape, at least.",
+)
+@click.option(
+    "--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed warm-up runs per shape."
+)
+@click.option("--no-save", is_flag=True, help="Do not write the report to BUNDLE/reports/.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@_explained
+def bench(
+    bundle: Path,
+    device: str,
+    data: str | None,
+    batch_sizes: str,
+    seq_lens: str,
+    precisions: str | None,
+    threads: int | None,
+    min_runs: int,
+    min_seconds: float,
+    warmup: int,
+    no_save: bool,
+    as_json: bool,
+) -> None:
+    """Measure latency, throughput, memory, size and accuracy of every model in BUNDLE."""
+    from edgebert.benchmarks import BenchConfig, Timing
+    from edgebert.benchmarks import bench as run_bench
+    from edgebert.benchmarks.report import render
+
+    config = BenchConfig(
+        device=device,
+        batch_sizes=_ints(batch_sizes),
+        seq_lens=_ints(seq_lens),
+        precisions=tuple(precisions.split(",")) if precisions else None,
+        data=data,
+        threads=threads,
+        timing=Timing(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds),
+        save=not no_save,
+    )
+    report = run_bench(str(bundle), config)
+    if as_json:
+        _print_json(report)
+    else:
+        console.print(render(report))
+        if "saved_to" in report:
+            errors.print(f"report saved to {report['saved_to']}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
+@click.option("--pair", is_flag=True, help="Read TEXTS two at a time as (text, text_pair) sentence pairs.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@_explained
+def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: bool, as_json: bool) -> None:
+    """Predict TEXTS with BUNDLE (one text per line on stdin when no TEXTS are given)."""
+    from edgebert.runtime import Predictor
+
+    items: list[Any] = list(texts) or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if pair:
+        if len(items) % 2:
+            raise click.BadParameter("--pair needs an even number of texts")
+        items = list(zip(items[::2], items[1::2], strict=True))
+    predictor = Predictor(bundle, precision=precision)
+    results = predictor.predict(items)
+    if as_json:
+        _print_json([{"text": t, **r.to_dict()} for t, r in zip(items, results, strict=True)])
+        return
+    table = Table(title=f"{predictor.task} · {predictor.precision} · {bundle}", title_justify="left")
+    table.add_column("text", overflow="ellipsis", max_width=60)
+    if predictor.task == "classify":
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        for text, r in zip(items, results, strict=True):
+            table.add_row(str(text), r.label, f"{r.score:.3f}")
+    else:
+        table.add_column("embedding")
+        for text, r in zip(items, results, strict=True):
+            vector = [] if r.embedding is None else [float(x) for x in r.embedding]
+            shown = ", ".join(f"{x:.3f}" for x in vector[:4])
+            table.add_row(str(text), f"dim {len(vector)}: [{shown}, …]")
+    console.print(table)
+    if any(r.truncated for r in results):
+        errors.print(
+            f"warning: some texts were longer than {predictor.bundle.manifest.max_length} tokens "
+            "and were truncated"
+        )
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_explained
+def info(bundle: Path, as_json: bool) -> None:
+    """Show what BUNDLE holds, how each model was made and how it was validated (checksums verified)."""
+    from edgebert.bundle import Bundle
+
+    _show_bundle(Bundle.load(bundle), as_json)
+
+
+@main.command()
+@click.option(
+    "--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labeled training file."
+)
+@click.option(
+    "--eval",
+    "eval_data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Labeled dev file, evaluated each epoch.",
+)
+@click.option("--model", "-m", help="Base checkpoint directory. Default: all-MiniLM-L6-v2.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="model",
+    show_default=True,
+    help="Checkpoint directory to write.",
+)
+@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps (short runs)."
+)
+@click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+@_explained
+def train(
+    data: str,
+    eval_data: str,
+    model: str | None,
+    out: Path,
+    epochs: int,
+    max_steps: int | None,
+    max_length: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Fine-tune a BERT for text classification (sentences or sentence pairs) on a labeled file."""
+    from edgebert.training import TrainConfig
+    from edgebert.training import train as run_train
+
+    config = TrainConfig(
+        data=data,
+        eval_data=eval_data,
+        model=model,
+        epochs=epochs,
+        max_steps=max_steps,
+        max_length=max_length,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        force=force,
+    )
+    summary = run_train(out, config)
+    if as_json:
+        _print_json(summary)
+    else:
+        out_table = Table(title=f"fine-tuned → {out}", title_justify="left")
+        for key in ("dev_accuracy", "best_epoch", "steps", "train_seconds", "samples_per_s"):
+            out_table.add_column(key.replace("_", " "), justify="right")
+        out_table.add_row(
+            *(
+                f"{summary[k]:.4f}" if isinstance(summary[k], float) else str(summary[k])
+                for k in ("dev_accuracy", "best_epoch", "steps", "train_seconds", "samples_per_s")
+            )
+        )
+        console.print(out_table)
+
+
+def _show_bundle(bundle: Any, as_json: bool) -> None:
+    manifest = bundle.manifest
+    if as_json:
+        _print_json({"path": str(bundle.path), **manifest.to_dict()})
+        return
+    labels = f" · labels: {', '.join(manifest.labels)}" if manifest.labels else ""
+    table = Table(
+        title=f"{bundle.path} · {manifest.task}{labels} · max_length {manifest.max_length}",
+        title_justify="left",
+    )
+    for column in ("artifact", "file", "MB", "parent", "validation"):
+        table.add_column(column, justify="right" if column == "MB" else "left")
+    for name, art in manifest.artifacts.items():
+        size = (bundle.path / art.file).stat().st_size / 2**20
+        figures = {k: v for k, v in art.validation.items() if isinstance(v, float)}
+        table.add_row(
+            name,
+            art.file,
+            f"{size:.1f}",
+            art.parent or "–",
+            ", ".join(f"{k} {v:.4g}" for k, v in figures.items()) or "–",
+        )
+    console.print(table)

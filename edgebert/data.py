@@ -1,0 +1,187 @@
+"""Reading labeled text into plain lists: TSV/CSV with a header, ``text;label`` files, JSONL,
+sentence pairs (MRPC), TREC's ``COARSE:fine question`` lines, and two-column files without a header.
+
+Tolerant where it is safe, strict where a silent wrong answer is possible:
+- a UTF-8 byte-order mark and CRLF line endings are accepted; a file that is not valid UTF-8 is
+  read as latin-1 (TREC ships that way) and ``Examples.encoding`` says so;
+- a ragged row, a missing label or a file with no rows is an error naming the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgebert.errors import DataError
+
+Text = str | tuple[str, str]
+
+_TEXT_COLUMNS = ("sentence", "text", "sentence1", "#1 string", "question", "premise")
+_PAIR_COLUMNS = ("sentence2", "#2 string", "text_pair", "hypothesis")
+_LABEL_COLUMNS = ("label", "label_name", "quality", "class", "category")
+_TREC_LINE = re.compile(r"^([A-Z]+):\S+ (.+)$")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Texts (or sentence pairs), their labels as written in the file (or None), and line numbers."""
+
+    texts: list[Text]
+    labels: list[str] | None
+    lines: list[int]
+    path: Path
+    encoding: str = "utf-8"
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def is_pairs(self) -> bool:
+        return bool(self.texts) and isinstance(self.texts[0], tuple)
+
+
+def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
+    """Read ``path``; with ``labeled`` every row must carry a label."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    text, encoding = _decode(path.read_bytes())
+    # split on newlines only: str.splitlines() also breaks on \x0b, \x1c, U+2028 inside a text
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise DataError(f"'{path}' is empty: it needs one example a line")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        rows = _jsonl(path, lines)
+    elif _TREC_LINE.match(lines[first]) and "\t" not in lines[first]:
+        rows = _trec(path, lines)
+    else:
+        rows = _delimited(path, lines, first, "," if suffix == ".csv" else None)
+    if not rows:
+        raise DataError(f"'{path}' has a header but no rows")
+    texts = [row[1] for row in rows]
+    labels = [row[2] for row in rows]
+    line_numbers = [row[0] for row in rows]
+    if any(label is None for label in labels):
+        if labeled:
+            line = line_numbers[labels.index(None)]
+            raise DataError(f"'{path}' line {line} has no label: every row needs one here")
+        return Examples(texts, None, line_numbers, path, encoding)
+    return Examples(texts, [str(label) for label in labels], line_numbers, path, encoding)
+
+
+def label_names(labels: list[str]) -> tuple[str, ...]:
+    """Sorted distinct labels: numerically when all are integers, else alphabetically."""
+    distinct = set(labels)
+    if all(label.lstrip("-").isdigit() for label in distinct):
+        return tuple(sorted(distinct, key=int))
+    return tuple(sorted(distinct))
+
+
+def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
+    """Label indices for ``examples``: by name, or by integer index into ``names``."""
+    if examples.labels is None:
+        raise DataError(f"'{examples.path}' has no labels")
+    index = {name: i for i, name in enumerate(names)}
+    ids = []
+    for label, line in zip(examples.labels, examples.lines, strict=True):
+        if label in index:
+            ids.append(index[label])
+        elif label.isdigit() and int(label) < len(names):
+            ids.append(int(label))
+        else:
+            raise DataError(
+                f"'{examples.path}' line {line}: unknown label '{label}' (the model's labels are "
+                f"{', '.join(names)}; integers 0-{len(names) - 1} also work)"
+            )
+    return ids
+
+
+def _decode(raw: bytes) -> tuple[str, str]:
+    try:
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "latin-1"
+
+
+Row = tuple[int, Text, str | None]
+
+
+def _jsonl(path: Path, lines: list[str]) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"'{path}' line {number} is not JSON ({exc.args[0]})") from exc
+        if not isinstance(record, dict):
+            raise DataError(f"'{path}' line {number} is not a JSON object")
+        fields = {k.lower(): v for k, v in record.items()}
+        rows.append(_row(path, number, fields))
+    return rows
+
+
+def _trec(path: Path, lines: list[str]) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        match = _TREC_LINE.match(line.strip())
+        if match is None:
+            raise DataError(f"'{path}' line {number} is not 'COARSE:fine question' like the lines before it")
+        rows.append((number, match.group(2), match.group(1)))
+    return rows
+
+
+def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) -> list[Row]:
+    head = lines[first]
+    if delimiter is None:
+        delimiter = "\t" if "\t" in head else ";" if ";" in head else "\t"
+    if delimiter == ";":
+        split = [line.rsplit(";", 1) for line in lines]
+    else:
+        # TSV quotes nothing (MRPC's texts hold bare double quotes); CSV uses ordinary quoting
+        reader = (
+            csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=csv.QUOTE_NONE)
+            if delimiter == "\t"
+            else csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
+        )
+        split = list(reader)
+    header = [h.strip().lower() for h in split[first]]
+    has_header = any(h in _TEXT_COLUMNS + _PAIR_COLUMNS + _LABEL_COLUMNS for h in header)
+    if not has_header:
+        # No header: one column is text; two columns are text then label (AG News, SST-2 without header).
+        header = ["text"] if len(header) == 1 else ["text", "label"] if len(header) == 2 else []
+        if not header:
+            raise DataError(
+                f"'{path}' has {len(split[first])} columns and no header: "
+                "add a header naming the text and label columns (e.g. 'sentence<TAB>label')"
+            )
+    rows: list[Row] = []
+    for number, fields in enumerate(split[first + 1 if has_header else first :], first + 1 + has_header):
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataError(
+                f"'{path}' line {number} has {len(fields)} columns where the header has {len(header)}"
+            )
+        rows.append(_row(path, number, dict(zip(header, fields, strict=True))))
+    return rows
+
+
+def _row(path: Path, number: int, fields: dict[str, object]) -> Row:
+    text = next((fields[c] for c in _TEXT_COLUMNS if c in fields), None)
+    if not isinstance(text, str):
+        raise DataError(f"'{path}' line {number} has no text column (one of: {', '.join(_TEXT_COLUMNS)})")
+    pair = next((fields[c] for c in _PAIR_COLUMNS if c in fields), None)
+    label = next((fields[c] for c in _LABEL_COLUMNS if c in fields), None)
+    label = None if label is None or str(label).strip() == "" else str(label).strip()
+    content: Text = (text.strip(), str(pair).strip()) if pair is not None else text.strip()
+    return number, content, label

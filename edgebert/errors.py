@@ -1,0 +1,44 @@
+"""The one path for errors: the library raises these; only ``cli.py`` turns them into exit codes.
+
+Every message says what is wrong and what to do about it, in one line.
+"""
+
+from __future__ import annotations
+
+
+class EdgebertError(Exception):
+    """Base of every error edgebert raises on purpose."""
+
+
+class BundleError(EdgebertError):
+    """A bundle is missing, incomplete, tampered with, or from a newer edgebert."""
+
+
+class ModelError(EdgebertError):
+    """A checkpoint cannot be found or is not a BERT edgebert can handle."""
+
+
+class DataError(EdgebertError):
+    """A data file cannot be read as labeled text."""
+
+
+class InputError(EdgebertError):
+    """Text given to the runtime is not something it can predict on."""
+
+
+class ValidationError(EdgebertError):
+    """A derived model does not match its parent within the stated tolerance."""
+
+
+class MissingDependencyError(EdgebertError):
+    """An optional dependency needed for this verb is not installed."""
+
+
+def require(module: str, extra: str) -> None:
+    """Raise a clear error when ``module`` (an optional dependency) cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"this needs the Python package '{module}': pip install 'edgebert[{extra}]'"
+        )

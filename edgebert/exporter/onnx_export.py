@@ -1,0 +1,230 @@
+"""Export a BERT checkpoint to ONNX (dynamic batch and sequence axes), validate it against torch
+on the runtime's own tokenization, optionally quantize, and write the bundle atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgebert import __version__
+from edgebert.bundle import Bundle, Manifest, artifact, staging, write_manifest
+from edgebert.errors import EdgebertError, ModelError, ValidationError, require
+from edgebert.models import Checkpoint, resolve
+from edgebert.runtime import Predictor
+from edgebert.samples import SENTENCES
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+FP32_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how.
+
+    ``task`` None follows the checkpoint (a classification head means classify, else embed).
+    ``fuse`` runs ONNX Runtime's transformer optimizer offline; it is off by default because the
+    fused graph ran slower on our CPU in fp32 and int8 (benchmarks/results/cpu.md).
+    ``tolerance`` is the largest absolute difference from torch accepted for the fp32 model.
+    """
+
+    model: str | None = None
+    task: str | None = None
+    quantize: str = "none"
+    max_length: int = 128
+    opset: int = 17
+    fuse: bool = False
+    tolerance: float = 1e-4
+    force: bool = False
+
+
+def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
+    """Export ``config.model`` into a new bundle at ``out`` and return it (loaded and verified)."""
+    require("torch", "train")
+    require("transformers", "train")
+    require("onnx", "train")
+    if config.quantize not in ("none", "int8"):
+        raise EdgebertError(f"unknown --quantize '{config.quantize}': use none or int8")
+    if not 8 <= config.max_length <= 512:
+        raise EdgebertError(f"--max-length {config.max_length} is out of range: use 8 to 512")
+    checkpoint = resolve(config.model)
+    task = config.task or checkpoint.task
+    if task == "classify" and checkpoint.task != "classify":
+        raise ModelError(
+            f"'{checkpoint.name}' has no classification head: export it with --task embed, "
+            "or fine-tune it first with `edgebert train`"
+        )
+    module, hf_tokenizer = _load_torch(checkpoint, task)
+    with staging(Path(out), replace=config.force) as stage:
+        _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, config.max_length)
+        _onnx_export(module, hf_tokenizer, stage / FP32_FILE, config.opset)
+        fusion = _fuse(stage / FP32_FILE, checkpoint) if config.fuse else None
+        manifest = _manifest(stage, checkpoint, task, config, fusion)
+        validation = _validate(Bundle(stage, manifest), module, hf_tokenizer, config.tolerance)
+        manifest = manifest.with_artifact(
+            "fp32", artifact(stage, FP32_FILE, **{**_fp32_fields(config, fusion), "validation": validation})
+        )
+        if config.quantize == "int8":
+            from edgebert.quantizer import QuantizeConfig, quantize_into
+
+            manifest = quantize_into(stage, manifest, QuantizeConfig())
+        write_manifest(stage, manifest)
+    return Bundle.load(out)
+
+
+def _load_torch(checkpoint: Checkpoint, task: str) -> tuple[Any, Any]:
+    import torch
+    import transformers
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+        if task == "classify":
+            model = AutoModelForSequenceClassification.from_pretrained(checkpoint.path)
+        else:
+            model = AutoModel.from_pretrained(checkpoint.path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"transformers could not load '{checkpoint.path}': {exc}") from exc
+    if not tokenizer.is_fast:
+        raise ModelError(f"'{checkpoint.path}' has no fast tokenizer (tokenizer.json or vocab.txt)")
+    model.eval()
+
+    class Exported(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            if task == "classify":
+                return out.logits
+            hidden = out.last_hidden_state
+            if checkpoint.pooling["mode"] == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if checkpoint.pooling["normalize"]:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return pooled
+
+    return Exported().eval(), tokenizer
+
+
+def _save_tokenizer(hf_tokenizer: Any, path: Path, max_length: int) -> None:
+    from tokenizers import Tokenizer
+
+    # A copy of the backend tokenizer with no fixed padding (the runtime pads to the longest text).
+    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.save(str(path))
+
+
+def _onnx_export(module: Any, hf_tokenizer: Any, path: Path, opset: int) -> None:
+    import torch
+
+    sample = hf_tokenizer(list(SENTENCES[:2]), padding=True, return_tensors="pt")
+    args = tuple(sample[name] if name in sample else torch.zeros_like(sample["input_ids"]) for name in INPUTS)
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(INPUTS),
+            output_names=["output"],
+            dynamic_axes={**axes, "output": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,  # the TorchScript graph is the one ONNX Runtime's fusions and quantizer handle best
+        )
+
+
+def _fuse(path: Path, checkpoint: Checkpoint) -> dict[str, int]:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=checkpoint.config["num_attention_heads"],
+        hidden_size=checkpoint.config["hidden_size"],
+    )
+    optimized.save_model_to_file(str(path))
+    return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+
+
+def _fp32_fields(config: ExportConfig, fusion: dict[str, int] | None) -> dict[str, Any]:
+    made_by = {
+        "tool": "torch.onnx.export",
+        "exporter": "torchscript",
+        "opset": config.opset,
+        "fusion": fusion,
+    }
+    return {"precision": "fp32", "parent": None, "made_by": made_by}
+
+
+def _manifest(
+    stage: Path, checkpoint: Checkpoint, task: str, config: ExportConfig, fusion: dict[str, int] | None
+) -> Manifest:
+    import onnx
+    import onnxruntime
+    import tokenizers
+    import torch
+    import transformers
+
+    return Manifest(
+        task=task,
+        labels=checkpoint.labels if task == "classify" else None,
+        max_length=config.max_length,
+        inputs=INPUTS,
+        output="logits" if task == "classify" else "embeddings",
+        source=checkpoint.describe(),
+        pooling=checkpoint.pooling if task == "embed" else None,
+        artifacts={
+            "tokenizer": artifact(stage, TOKENIZER_FILE, kind="tokenizer"),
+            "fp32": artifact(stage, FP32_FILE, **_fp32_fields(config, fusion)),
+        },
+        versions={
+            "edgebert": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "tokenizers": tokenizers.__version__,
+        },
+    )
+
+
+def _validate(bundle: Bundle, module: Any, hf_tokenizer: Any, tolerance: float) -> dict[str, Any]:
+    """Run the built-in sentences through torch and ONNX Runtime, both on the runtime's tokenization."""
+    import numpy as np
+    import torch
+
+    predictor = Predictor(bundle, precision="fp32")
+    worst = 0.0
+    for start in range(0, len(SENTENCES), 8):
+        batch = list(SENTENCES[start : start + 8])
+        feeds, _ = predictor.encode(batch)
+        reference = hf_tokenizer(batch, padding=True, truncation=True, max_length=bundle.manifest.max_length)
+        if not np.array_equal(feeds["input_ids"], np.array(reference["input_ids"])):
+            raise ValidationError(
+                "the exported tokenizer.json tokenizes differently from the checkpoint's tokenizer"
+            )
+        onnx_out = predictor.session.run(None, feeds)[0]
+        with torch.no_grad():
+            torch_out = module(*(torch.from_numpy(feeds[n]) for n in INPUTS)).numpy()
+        worst = max(worst, float(np.abs(onnx_out - torch_out).max()))
+    if worst > tolerance:
+        raise ValidationError(
+            f"the ONNX model differs from torch by up to {worst:.2e} on the built-in sentences "
+            f"(tolerance {tolerance:.0e}): try another --opset, or report this checkpoint"
+        )
+    return {"against": "torch", "max_abs_diff": worst, "tolerance": tolerance, "sentences": len(SENTENCES)}

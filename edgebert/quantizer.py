@@ -1,0 +1,156 @@
+"""INT8 quantization of a bundle's fp32 model with ONNX Runtime's quantization tools, validated
+against the fp32 parent on real sentences.
+
+Dynamic INT8 with per-channel int8 weights (u8 activations, s8 weights: the VNNI path). BERT's
+feed-forward outputs carry its largest activation outliers (Bondarenko et al., 2021), so the one
+FFN-output MatMul whose quantization moves the outputs most (measured against fp32 on the built-in
+sentences) stays in float: on the SST-2 MiniLM that recovers most of INT8's accuracy loss for a few
+percent of latency (benchmarks/results/cpu.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, staging, write_manifest
+from edgebert.errors import EdgebertError, ValidationError, require
+from edgebert.fidelity import divergence, fidelity
+from edgebert.runtime import Predictor
+from edgebert.samples import SENTENCES
+
+INT8_FILE = "model.int8.onnx"
+_FFN_OUTPUT = re.compile(r"layer\.(\d+)/output/dense/MatMul")
+log = logging.getLogger("edgebert")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How to quantize, and how far the INT8 model may drift from fp32 on the built-in sentences.
+
+    ``keep_float``: how many FFN-output MatMuls (the most sensitive first) stay in fp32.
+    Tolerances: classify, the share of sentences whose argmax label is unchanged (``min_agreement``)
+    and the largest change of a class probability (``max_prob_diff``); embed, the mean and the
+    smallest cosine similarity of the embeddings (``min_mean_cosine``, ``min_cosine``).
+    """
+
+    method: str = "dynamic"
+    per_channel: bool = True
+    reduce_range: bool = False
+    keep_float: int = 1
+    min_agreement: float = 0.9
+    max_prob_diff: float = 0.25
+    min_mean_cosine: float = 0.98
+    min_cosine: float = 0.9
+
+
+def quantize(bundle: str | Path, config: QuantizeConfig = QuantizeConfig()) -> Bundle:
+    """Add ``model.int8.onnx`` to an existing bundle (replacing any earlier one), atomically."""
+    source = Bundle.load(bundle)
+    with staging(source.path, start_from=source.path) as stage:
+        manifest = quantize_into(stage, read_manifest(stage), config)
+        write_manifest(stage, manifest)
+    return Bundle.load(source.path)
+
+
+def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Manifest:
+    """Quantize ``stage``'s fp32 model into ``stage``, validate it and return the updated manifest."""
+    if config.method != "dynamic":
+        raise EdgebertError(f"unknown quantization method '{config.method}': use 'dynamic'")
+    require("onnx", "train")
+    started = time.perf_counter()
+    fp32_path = stage / manifest.artifacts["fp32"].file
+    teacher = Predictor(Bundle(stage, manifest), precision="fp32")
+    reference, _ = teacher.outputs(SENTENCES)
+    search = _choose_float_nodes(fp32_path, teacher, reference, config)
+    _quantize_dynamic(fp32_path, stage / INT8_FILE, config, search["kept_float"])
+    made_by = {
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "method": "dynamic",
+        "weights": "int8 per-channel" if config.per_channel else "int8 per-tensor",
+        "activations": "uint8, ranges computed at run time",
+        "reduce_range": config.reduce_range,
+        **search,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    int8 = artifact(stage, INT8_FILE, precision="int8", parent="fp32", made_by=made_by)
+    manifest = manifest.with_artifact("int8", int8)
+    validation = validate_against_parent(Bundle(stage, manifest), "int8", config)
+    return manifest.with_artifact("int8", dataclasses.replace(int8, validation=validation))
+
+
+def _choose_float_nodes(
+    fp32: Path, teacher: Predictor, reference: Any, config: QuantizeConfig
+) -> dict[str, Any]:
+    """Quantize once per FFN-output MatMul with that node left in float; keep the ``keep_float`` whose
+    exclusion brings the INT8 outputs closest to fp32 (KL of the logits, or cosine distance)."""
+    import onnx
+
+    names = [
+        n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "MatMul"
+    ]
+    candidates = [n for n in names if _FFN_OUTPUT.search(n)] if config.keep_float else []
+    if not candidates:
+        return {"kept_float": [], "sensitivity": {}}
+    log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
+    with tempfile.TemporaryDirectory(prefix="edgebert-probe-") as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        scores = {}
+        for node in [None, *candidates]:
+            _quantize_dynamic(fp32, probe, config, [node] if node else [])
+            outputs, _ = teacher.with_model(probe).outputs(SENTENCES)
+            scores[node or "none"] = divergence(teacher.task, reference, outputs)
+    ranked = sorted(candidates, key=lambda n: scores[n])[: config.keep_float]
+    return {
+        "kept_float": ranked,
+        "sensitivity": {"divergence_if_kept_float": scores, "measured_on": "built-in"},
+    }
+
+
+def _quantize_dynamic(source: Path, target: Path, config: QuantizeConfig, exclude: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint at WARNING on the root logger
+    try:
+        quantize_dynamic(
+            source,
+            target,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            # the transformer optimizer's fused graph needs a default type for its contrib ops' weights
+            extra_options={"DefaultTensorType": 1},
+        )
+    finally:
+        root.setLevel(level)
+
+
+def validate_against_parent(bundle: Bundle, name: str, config: QuantizeConfig) -> dict[str, Any]:
+    """Compare artifact ``name`` with its parent on the built-in sentences; raise beyond tolerance."""
+    parent_name = bundle.manifest.artifacts[name].parent or "fp32"
+    parent, _ = Predictor(bundle, precision=parent_name).outputs(SENTENCES)
+    child, _ = Predictor(bundle, precision=name).outputs(SENTENCES)
+    task = bundle.manifest.task
+    figures = fidelity(task, parent, child)
+    if task == "classify":
+        ok = figures["agreement"] >= config.min_agreement and figures["max_prob_diff"] <= config.max_prob_diff
+        stated = f"agreement >= {config.min_agreement}, max_prob_diff <= {config.max_prob_diff}"
+    else:
+        ok = figures["agreement"] >= config.min_mean_cosine and figures["min_cosine"] >= config.min_cosine
+        stated = f"mean cosine >= {config.min_mean_cosine}, min_cosine >= {config.min_cosine}"
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if k != "n")
+    if not ok:
+        raise ValidationError(
+            f"the {name} model drifts too far from {parent_name} on the built-in sentences ({shown}; "
+            f"tolerance {stated}): keep the fp32 model (--quantize none) or report this model"
+        )
+    return {**figures, "against": parent_name, "tolerance": stated, "sentences": "built-in"}

@@ -1,0 +1,162 @@
+"""The torch-free Predictor: a bundle's tokenizer and one of its models in an ONNX Runtime session.
+
+Thread-safety: ``predict`` may be called from several threads on one Predictor (ONNX Runtime
+sessions allow concurrent ``run`` calls and the tokenizer is only read).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebert.bundle import Bundle, BundleError
+from edgebert.errors import InputError
+from edgebert.runtime.backends import open_session
+
+Text = str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's result: a label with its probability (classify) or an embedding (embed)."""
+
+    label: str | None = None
+    score: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.embedding is not None:
+            return {"embedding": [round(float(x), 6) for x in self.embedding], "truncated": self.truncated}
+        return {"label": self.label, "score": self.score, "scores": self.scores, "truncated": self.truncated}
+
+
+def load_tokenizer(path: Path, max_length: int) -> Any:
+    """A fast tokenizer that pads to the longest text of a batch and truncates at ``max_length``."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    pad_id = (tokenizer.padding or {}).get("pad_id", tokenizer.token_to_id("[PAD]") or 0)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "[PAD]")
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+class Predictor:
+    """Predict with a bundle: ``Predictor("bundle").predict(["text", ("text", "pair")])``."""
+
+    def __init__(
+        self,
+        bundle: str | Path | Bundle,
+        *,
+        precision: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        models = self.bundle.models()
+        self.precision = precision or ("int8" if "int8" in models else "fp32")
+        if self.precision not in models:
+            raise BundleError(
+                f"bundle '{self.bundle.path}' has no '{self.precision}' model (it has: {', '.join(models)})"
+            )
+        self.tokenizer = load_tokenizer(self.bundle.file("tokenizer"), self.bundle.manifest.max_length)
+        self.session = open_session(self.bundle.file(self.precision), device, threads=threads)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def with_model(self, path: Path, *, threads: int | None = None) -> Predictor:
+        """A Predictor with this one's bundle and tokenizer running another model file (a candidate
+        being compared with this one, say)."""
+        other = copy.copy(self)
+        other.session = open_session(path, "cpu", threads=threads)
+        return other
+
+    @property
+    def task(self) -> str:
+        return self.bundle.manifest.task
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.bundle.manifest.labels or ()
+
+    def encode(self, texts: Sequence[Text]) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """Model inputs for ``texts`` (padded to the longest) and which texts were truncated."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        truncated = [bool(e.overflowing) for e in encodings]
+        return {k: v for k, v in feeds.items() if k in self.input_names}, truncated
+
+    def outputs(self, texts: Iterable[Any], *, batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
+        """Raw model outputs (logits or embeddings) in input order, and the truncation flags.
+
+        Texts are batched by length so that little compute is spent on padding.
+        """
+        checked = check_texts(texts)
+        if not checked:
+            width = len(self.labels) if self.task == "classify" else 0
+            return np.zeros((0, width), dtype=np.float32), []
+        order = sorted(range(len(checked)), key=lambda i: len(checked[i]))
+        results: list[np.ndarray] = [np.empty(0)] * len(checked)
+        truncated = [False] * len(checked)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            feeds, flags = self.encode([checked[i] for i in chunk])
+            out = self.session.run(None, feeds)[0]
+            for row, i in enumerate(chunk):
+                results[i], truncated[i] = out[row], flags[row]
+        return np.stack(results), truncated
+
+    def predict(self, texts: Iterable[Any] | str, *, batch_size: int = 32) -> list[Prediction]:
+        """Labels and probabilities (classify) or embeddings (embed), one per text."""
+        outputs, truncated = self.outputs([texts] if isinstance(texts, str) else texts, batch_size=batch_size)
+        if self.task != "classify":
+            return [Prediction(embedding=v, truncated=t) for v, t in zip(outputs, truncated, strict=True)]
+        probs = softmax(outputs)
+        return [
+            Prediction(
+                label=self.labels[int(p.argmax())],
+                score=float(p.max()),
+                scores={name: float(x) for name, x in zip(self.labels, p, strict=True)},
+                truncated=t,
+            )
+            for p, t in zip(probs, truncated, strict=True)
+        ]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def check_texts(texts: Iterable[Any]) -> list[Text]:
+    """Texts as the tokenizer takes them; a clear error naming the position of anything else."""
+    if isinstance(texts, str | bytes) or not isinstance(texts, Iterable):
+        raise InputError("texts must be a list of strings or (text, text_pair) pairs")
+    checked: list[Text] = []
+    for i, item in enumerate(texts):
+        if isinstance(item, tuple | list) and len(item) == 2:
+            checked.append((_clean(item[0], i), _clean(item[1], i)))
+        else:
+            checked.append(_clean(item, i))
+    return checked
+
+
+def _clean(text: Any, position: int) -> str:
+    if not isinstance(text, str):
+        raise InputError(
+            f"item {position} is {type(text).__name__}, not text: pass strings or (text, text_pair) pairs"
+        )
+    if not text.strip():
+        raise InputError(f"text {position} is empty: give it at least one word")
+    # lone surrogates cannot be encoded as UTF-8 for the tokenizer: replace them
+    return text.encode("utf-8", "replace").decode("utf-8")

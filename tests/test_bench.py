@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgebert.benchmarks import BenchConfig, Timing, bench
+from edgebert.benchmarks.latency import latency_stats
+from edgebert.errors import EdgebertError
+from edgebert.runtime import BackendError
+
+QUICK = Timing(warmup=2, min_runs=5, min_seconds=0.0, max_seconds=5.0)
+ROW_KEYS = {
+    "name",
+    "precision",
+    "device",
+    "batch_size",
+    "seq_len",
+    "latency_ms",
+    "throughput_per_s",
+    "accuracy",
+    "agreement",
+    "size_mb",
+    "peak_rss_mb",
+    "load_ms",
+    "first_inference_ms",
+    "runs",
+    "warmup_runs",
+}
+
+
+def test_bench_measures_every_precision(classify_bundle: Path, sentiment_files: tuple[Path, Path]) -> None:
+    report = bench(
+        str(classify_bundle),
+        BenchConfig(
+            batch_sizes=(1, 4), seq_lens=(16,), data=str(sentiment_files[1]), timing=QUICK, threads=1
+        ),
+    )
+    rows = report["results"]
+    assert [(r["precision"], r["batch_size"]) for r in rows] == [
+        ("fp32", 1),
+        ("fp32", 4),
+        ("int8", 1),
+        ("int8", 4),
+    ]
+    for row in rows:
+        assert set(row) >= ROW_KEYS
+        stats = row["latency_ms"]
+        assert 0 < stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
+        assert row["runs"] >= 5 and row["warmup_runs"] == 2
+        assert 0 <= row["accuracy"] <= 1 and row["peak_rss_mb"] > 10
+    assert rows[0]["agreement"] == 1.0  # fp32 against itself
+    assert rows[2]["size_mb"] < rows[0]["size_mb"]
+    saved = json.loads(Path(report["saved_to"]).read_text())
+    assert saved["results"] == json.loads(json.dumps(rows))
+    Path(report["saved_to"]).unlink()
+
+
+def test_bench_refuses_bad_requests(classify_bundle: Path) -> None:
+    with pytest.raises(EdgebertError, match="max_length"):
+        bench(str(classify_bundle), BenchConfig(seq_lens=(4096,), timing=QUICK, save=False))
+    with pytest.raises(EdgebertError, match="no fp16 model"):
+        bench(str(classify_bundle), BenchConfig(precisions=("fp16",), timing=QUICK, save=False))
+    with pytest.raises(BackendError, match="no CUDA device visible"):
+        bench(str(classify_bundle), BenchConfig(device="gpu", timing=QUICK, save=False))
+
+
+def test_latency_stats_are_percentiles() -> None:
+    stats = latency_stats([i / 1000 for i in range(1, 101)])
+    assert stats["p50"] == pytest.approx(50.5) and stats["p99"] == pytest.approx(99.01)
+    assert stats["min"] == pytest.approx(1) and stats["max"] == pytest.approx(100)

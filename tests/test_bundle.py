@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgebert.bundle import FORMAT_VERSION, MANIFEST, Bundle, Manifest, read_manifest, staging, write_json
+from edgebert.errors import BundleError
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle, tmp_path / "copy"))
+
+
+def test_manifest_round_trips(classify_bundle: Path) -> None:
+    manifest = read_manifest(classify_bundle)
+    again = Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))
+    assert again == manifest
+    assert manifest.format_version == FORMAT_VERSION
+    assert set(manifest.artifacts) == {"tokenizer", "fp32", "int8"}
+    assert manifest.artifacts["int8"].parent == "fp32"
+
+
+def test_flipped_byte_is_refused(classify_bundle: Path, tmp_path: Path) -> None:
+    copy = _copy(classify_bundle, tmp_path)
+    model = copy / "model.int8.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.int8\.onnx.*sha256"):
+        Bundle.load(copy)
+
+
+def test_missing_and_unknown_files_are_refused(classify_bundle: Path, tmp_path: Path) -> None:
+    copy = _copy(classify_bundle, tmp_path)
+    (copy / "stray.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"stray\.bin"):
+        Bundle.load(copy)
+    (copy / "stray.bin").unlink()
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(BundleError, match=r"tokenizer\.json.*missing"):
+        Bundle.load(copy)
+
+
+def test_newer_format_and_path_escape_are_refused(classify_bundle: Path, tmp_path: Path) -> None:
+    copy = _copy(classify_bundle, tmp_path)
+    data = json.loads((copy / MANIFEST).read_text())
+    data["format_version"] = FORMAT_VERSION + 1
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="upgrade edgebert"):
+        Bundle.load(copy)
+    data["format_version"] = FORMAT_VERSION
+    data["artifacts"]["fp32"]["file"] = "../model.onnx"
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="outside"):
+        Bundle.load(copy)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="edgebert export"):
+        Bundle.load(tmp_path / "nothing")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="not a valid manifest"):
+        Bundle.load(tmp_path / "broken")
+
+
+def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), staging(target) as stage:
+        (stage / "half.onnx").write_bytes(b"partial")
+        raise RuntimeError("crash in the middle")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staging_replaces_only_with_consent(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with staging(target) as stage:
+        write_json(stage / MANIFEST, {"format_version": 1})
+    with pytest.raises(BundleError, match="--force"), staging(target):
+        pass
+    with staging(target, replace=True) as stage:
+        write_json(stage / MANIFEST, {"format_version": 1, "second": True})
+    assert json.loads((target / MANIFEST).read_text())["second"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    user_dir = tmp_path / "documents"
+    user_dir.mkdir()
+    (user_dir / "thesis.txt").write_text("precious")
+    with pytest.raises(BundleError, match="refusing"), staging(user_dir, replace=True):
+        pass
+    assert (user_dir / "thesis.txt").read_text() == "precious"

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgebert.cli import main
+
+FAST = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1", "--threads", "1", "--no-save"]
+
+
+def run(*args: str, input: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), input=input)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_export_info_predict_bench(
+    tiny_classifier: Path, tmp_path: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    out = tmp_path / "b"
+    code, stdout, _ = run(
+        "export", "--model", str(tiny_classifier), "--quantize", "int8", "--out", str(out), "--json"
+    )
+    assert code == 0
+    assert set(json.loads(stdout)["artifacts"]) == {"tokenizer", "fp32", "int8"}
+    code, stdout, _ = run("info", str(out))
+    assert code == 0 and "model.int8.onnx" in stdout and "max_abs_diff" in stdout
+    code, stdout, _ = run("predict", str(out), "a lovely film", "--json")
+    assert code == 0 and json.loads(stdout)[0]["label"] in ("negative", "positive")
+    code, stdout, _ = run("predict", str(out), input="one line\nanother line\n")
+    assert code == 0 and "another line" in stdout
+    code, stdout, stderr = run(
+        "bench",
+        str(out),
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "8,16",
+        "--data",
+        str(sentiment_files[1]),
+        "--json",
+        *FAST,
+    )
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert [(r["precision"], r["seq_len"]) for r in report["results"]] == [
+        ("fp32", 8),
+        ("fp32", 16),
+        ("int8", 8),
+        ("int8", 16),
+    ]
+    code, stdout, _ = run("bench", str(out), "--batch-size", "2", "--seq-len", "8", *FAST)
+    assert code == 0 and "vs fp32" in stdout and "int8" in stdout
+
+
+def test_quantize_adds_int8(tiny_classifier: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    assert run("export", "-m", str(tiny_classifier), "-o", str(out))[0] == 0
+    assert not (out / "model.int8.onnx").exists()
+    code, stdout, _ = run("quantize", str(out), "--json")
+    assert code == 0 and json.loads(stdout)["artifacts"]["int8"]["parent"] == "fp32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["info", "nowhere"], 1, "no bundle at 'nowhere'"),
+        (["export", "--model", "org/some-bert"], 1, "never downloads"),
+        (["export", "--quantize", "int4"], 2, "Invalid value for '--quantize'"),
+        (["bench", "nowhere", "--batch-size", "one"], 2, "comma-separated"),
+        (["bench", "nowhere", "--device", "gpu"], 1, "no bundle"),
+    ],
+)
+def test_errors_are_one_line(args: list[str], code: int, message: str) -> None:
+    exit_code, stdout, stderr = run(*args)
+    assert exit_code == code
+    assert message in stderr and "Traceback" not in stderr + stdout
+
+
+def test_bench_gpu_without_cuda(classify_bundle: Path) -> None:
+    code, _, stderr = run("bench", str(classify_bundle), "--device", "gpu", *FAST)
+    assert code == 1
+    assert "no CUDA device visible: install edgebert[gpu] on a machine with an NVIDIA GPU" in stderr
+
+
+def test_predict_rejects_empty_text(classify_bundle: Path) -> None:
+    code, _, stderr = run("predict", str(classify_bundle), "fine", "  ")
+    assert code == 1 and "text 1 is empty" in stderr
+
+
+def test_train_then_export(tiny_classifier: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = map(str, sentiment_files)
+    model = tmp_path / "model"
+    code, stdout, stderr = run(
+        "train",
+        "--data",
+        train,
+        "--eval",
+        dev,
+        "--model",
+        str(tiny_classifier),
+        "--out",
+        str(model),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--json",
+    )
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["labels"] == ["negative", "positive"] and summary["steps"] == 48
+    assert summary["dev_accuracy"] > 0.8  # the words decide the label: learnable in three tiny epochs
+    assert (model / "model.safetensors").is_file() and not list(model.glob("*.bin"))
+    code, stdout, _ = run(
+        "export", "-m", str(model), "-o", str(tmp_path / "b"), "--quantize", "int8", "--json"
+    )
+    assert code == 0 and json.loads(stdout)["labels"] == ["negative", "positive"]
+    assert (
+        run("train", "--data", train, "--eval", train, "--out", str(tmp_path / "x"))[2].count("same file")
+        == 1
+    )

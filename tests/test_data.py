@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import requires_shared
+
+from edgebert.data import encode_labels, label_names, read_examples
+from edgebert.errors import DataError
+
+
+def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "texts", "labels"),
+    [
+        ("a.tsv", "sentence\tlabel\nit is fine .\t1\r\nbad\t0\r\n", ["it is fine .", "bad"], ["1", "0"]),
+        (
+            "b.txt",
+            "text;label_name\ni feel; great;joy\nso sad;sadness\n",
+            ["i feel; great", "so sad"],
+            ["joy", "sadness"],
+        ),
+        (
+            "c.jsonl",
+            '{"text": "hi there", "label": "greet"}\n\n{"text": "bye", "label": 2}\n',
+            ["hi there", "bye"],
+            ["greet", "2"],
+        ),
+        ("d.csv", 'text,label\n"one, two",pos\nthree,neg\n', ["one, two", "three"], ["pos", "neg"]),
+        (
+            "e.tsv",
+            "a news story\tWorld\nanother one\tSports\n",
+            ["a news story", "another one"],
+            ["World", "Sports"],
+        ),
+    ],
+)
+def test_formats(tmp_path: Path, name: str, content: str, texts: list[str], labels: list[str]) -> None:
+    examples = read_examples(_write(tmp_path, name, content))
+    assert examples.texts == texts
+    assert examples.labels == labels
+
+
+def test_pairs_with_bom(tmp_path: Path) -> None:
+    content = '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said "so".\tHe said so.\n'
+    examples = read_examples(_write(tmp_path, "mrpc.tsv", content))
+    assert examples.texts == [('He said "so".', "He said so.")]
+    assert examples.labels == ["1"]
+    assert examples.is_pairs
+
+
+def test_trec_latin1(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "train.label",
+        "DESC:manner How did caf\xe9 culture start ?\nHUM:ind Who won ?\n".encode("latin-1"),
+    )
+    examples = read_examples(path)
+    assert examples.encoding == "latin-1"
+    assert examples.texts[0] == "How did caf\xe9 culture start ?"
+    assert examples.labels == ["DESC", "HUM"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty"),
+        ("sentence\tlabel\n", "no rows"),
+        ("sentence\tlabel\ngood\t1\nbad\t0\textra\n", "line 3 has 3 columns"),
+        ("sentence\tlabel\ngood\t1\nbad\t\n", "line 3 has no label"),
+        ("a\tb\tc\n", "no header"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path: Path, content: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        read_examples(_write(tmp_path, "bad.tsv", content))
+
+
+def test_labels_by_name_or_index(tmp_path: Path) -> None:
+    examples = read_examples(_write(tmp_path, "a.tsv", "sentence\tlabel\nx\t1\ny\tnegative\n"))
+    assert encode_labels(examples, ("negative", "positive")) == [1, 0]
+    bad = read_examples(_write(tmp_path, "b.tsv", "sentence\tlabel\nx\tneutral\n"))
+    with pytest.raises(DataError, match="line 2: unknown label 'neutral'"):
+        encode_labels(bad, ("negative", "positive"))
+    assert label_names(["10", "2", "1"]) == ("1", "2", "10")
+
+
+@pytest.mark.parametrize(
+    ("file", "rows", "pairs"),
+    [
+        ("sst2/dev.tsv", 872, False),
+        ("mrpc/dev.tsv", 408, True),
+        ("emotion/validation.txt", 2000, False),
+        ("trec/test.label", 500, False),
+        ("agnews/train.tsv", 10001, False),
+    ],
+)
+def test_shared_datasets(file: str, rows: int, pairs: bool) -> None:
+    examples = read_examples(requires_shared("data", file))
+    assert len(examples) == rows
+    assert examples.is_pairs == pairs
+    assert examples.labels is not None and len(set(examples.labels)) >= 2

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgebert.bundle import Bundle
+from edgebert.errors import BundleError, ModelError, ValidationError
+from edgebert.exporter import ExportConfig, export
+from edgebert.runtime import Predictor
+
+
+def test_classify_bundle_records_validation(classify_bundle: Path) -> None:
+    manifest = Bundle.load(classify_bundle).manifest
+    assert manifest.task == "classify" and manifest.labels == ("negative", "positive")
+    fp32, int8 = manifest.artifacts["fp32"], manifest.artifacts["int8"]
+    assert fp32.validation["against"] == "torch"
+    assert 0 <= fp32.validation["max_abs_diff"] <= fp32.validation["tolerance"]
+    assert fp32.made_by["opset"] == 17 and fp32.made_by["fusion"] is None
+    assert int8.validation["against"] == "fp32" and int8.validation["agreement"] >= 0.9
+    assert int8.made_by["weights"] == "int8 per-channel"
+    assert (classify_bundle / "model.int8.onnx").stat().st_size < 0.5 * (
+        classify_bundle / "model.onnx"
+    ).stat().st_size
+    assert set(manifest.versions) >= {"torch", "transformers", "onnxruntime", "edgebert"}
+
+
+def test_embed_bundle_follows_torch_pooling(embed_bundle: Path, tiny_embedder: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    manifest = Bundle.load(embed_bundle).manifest
+    assert manifest.task == "embed" and manifest.pooling == {
+        "mode": "mean",
+        "normalize": True,
+        "source": "modules.json",
+    }
+    texts = ["a short one", "and a rather longer sentence about batteries"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_embedder)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(tiny_embedder)(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    got = np.stack([r.embedding for r in Predictor(embed_bundle, precision="fp32").predict(texts)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_dynamic_axes(classify_bundle: Path) -> None:
+    predictor = Predictor(classify_bundle, precision="fp32")
+    for batch, length in ((1, 5), (3, 40)):
+        feeds = {k: np.ones((batch, length), dtype=np.int64) for k in predictor.input_names}
+        assert predictor.session.run(None, feeds)[0].shape == (batch, 2)
+
+
+def test_failed_validation_leaves_nothing(tiny_classifier: Path, tmp_path: Path) -> None:
+    before = set(os.listdir(Path.cwd()))
+    with pytest.raises(ValidationError, match="differs from torch"):
+        export(tmp_path / "b", ExportConfig(model=str(tiny_classifier), tolerance=0.0))
+    assert list(tmp_path.iterdir()) == []
+    assert set(os.listdir(Path.cwd())) == before
+
+
+def test_existing_out_needs_force(classify_bundle: Path, tiny_classifier: Path) -> None:
+    with pytest.raises(BundleError, match="--force"):
+        export(classify_bundle, ExportConfig(model=str(tiny_classifier)))
+
+
+def test_model_errors(tiny_embedder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="never downloads"):
+        export(tmp_path / "a", ExportConfig(model="bert-base-uncased"))
+    with pytest.raises(ModelError, match="no classification head"):
+        export(tmp_path / "b", ExportConfig(model=str(tiny_embedder), task="classify"))
+    not_bert = tmp_path / "gpt"
+    not_bert.mkdir()
+    (not_bert / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ModelError, match="not a BERT"):
+        export(tmp_path / "c", ExportConfig(model=str(not_bert)))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text('{"model_type": "bert"}')
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80")
+    with pytest.raises(ModelError, match="pickled"):
+        export(tmp_path / "d", ExportConfig(model=str(pickled)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt", "pickled"]
+
+
+def test_fused_export_is_validated(tiny_classifier: Path, tmp_path: Path) -> None:
+    bundle = export(tmp_path / "fused", ExportConfig(model=str(tiny_classifier), fuse=True, quantize="int8"))
+    fp32 = bundle.manifest.artifacts["fp32"]
+    assert fp32.made_by["fusion"]  # the optimizer fused something (e.g. SkipLayerNormalization)
+    assert fp32.validation["max_abs_diff"] <= fp32.validation["tolerance"]
+    assert bundle.manifest.artifacts["int8"].validation["agreement"] >= 0.9

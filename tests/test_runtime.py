@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgebert.errors import InputError
+from edgebert.runtime import Predictor
+from edgebert.samples import SENTENCES
+
+
+def test_classify_predictions(classify_bundle: Path) -> None:
+    predictor = Predictor(classify_bundle)
+    assert predictor.precision == "int8"
+    results = predictor.predict(["a wonderful film", ("the plot", "was dull")])
+    assert [r.label in ("negative", "positive") for r in results] == [True, True]
+    for r in results:
+        assert r.score == pytest.approx(max(r.scores.values()))
+        assert sum(r.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert not r.truncated
+
+
+def test_batch_padding_does_not_change_answers(embed_bundle: Path) -> None:
+    predictor = Predictor(embed_bundle, precision="fp32")
+    together, _ = predictor.outputs(list(SENTENCES))
+    alone = np.stack([predictor.outputs([s])[0][0] for s in SENTENCES])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_pads_to_longest_not_max_length(embed_bundle: Path) -> None:
+    predictor = Predictor(embed_bundle)
+    feeds, truncated = predictor.encode(["short one", "a slightly longer sentence here"])
+    assert feeds["input_ids"].shape[1] < predictor.bundle.manifest.max_length
+    assert truncated == [False, False]
+
+
+def test_long_text_is_truncated_and_flagged(embed_bundle: Path) -> None:
+    [result] = Predictor(embed_bundle).predict(["word " * 5000])
+    assert result.truncated
+    assert result.embedding is not None and np.isfinite(result.embedding).all()
+
+
+def test_odd_but_valid_text(classify_bundle: Path) -> None:
+    odd = ["x" * 500, "emoji 🤖 and 日本語 mixed", "control\x00\x07chars", "lone \ud800 surrogate"]
+    assert len(Predictor(classify_bundle).predict(odd)) == 4
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        (["fine", None], "item 1 is NoneType"),
+        (["ok", 3], "item 1 is int"),
+        (["ok", "  "], "text 1 is empty"),
+        ("", "text 0 is empty"),
+    ],
+)
+def test_bad_input_names_the_position(classify_bundle: Path, texts: object, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        Predictor(classify_bundle).predict(texts)  # type: ignore[arg-type]
+
+
+def test_empty_batch(classify_bundle: Path) -> None:
+    assert Predictor(classify_bundle).predict([]) == []
+
+
+def test_runtime_never_imports_torch(classify_bundle: Path) -> None:
+    code = (
+        "import sys; from edgebert.runtime import Predictor; import edgebert.benchmarks; "
+        f"Predictor({str(classify_bundle)!r}).predict(['hello']); "
+        "heavy = [m for m in ('torch', 'transformers', 'optimum', 'onnx') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_import_edgebert_is_light() -> None:
+    code = (
+        "import sys, edgebert, edgebert.cli; "
+        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import sentiment_rows, write_tsv
+
+from edgebert.training import TrainConfig, train
+
+
+def test_sentence_pairs_and_max_steps(tiny_classifier: Path, tmp_path: Path) -> None:
+    rows = sentiment_rows(64, 3)
+    pairs = [f"{label}\tx\ty\t{text}\t{text.split()[1]}\n" for text, label in rows]
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    (tmp_path / "train.tsv").write_text(header + "".join(pairs))
+    (tmp_path / "dev.tsv").write_text(header + "".join(pairs[:16]))
+    summary = train(
+        tmp_path / "m",
+        TrainConfig(
+            data=str(tmp_path / "train.tsv"),
+            eval_data=str(tmp_path / "dev.tsv"),
+            model=str(tiny_classifier),
+            max_steps=3,
+            batch_size=8,
+        ),
+    )
+    assert summary["steps"] == 3
+    assert summary["labels"] == ["negative", "positive"]
+    assert (tmp_path / "m" / "training_summary.json").is_file()
+
+
+def test_multiclass_label_names_are_kept(tiny_classifier: Path, tmp_path: Path) -> None:
+    import json
+
+    rows = [(t, ["joy", "anger", "fear"][i % 3]) for i, (t, _) in enumerate(sentiment_rows(30, 4))]
+    write_tsv(tmp_path / "train.tsv", rows)
+    write_tsv(tmp_path / "dev.tsv", rows[:9])
+    train(
+        tmp_path / "m",
+        TrainConfig(
+            data=str(tmp_path / "train.tsv"),
+            eval_data=str(tmp_path / "dev.tsv"),
+            model=str(tiny_classifier),
+            max_steps=2,
+            batch_size=8,
+        ),
+    )
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["id2label"] == {"0": "anger", "1": "fear", "2": "joy"}
