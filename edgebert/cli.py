@@ -386,3 +386,7 @@ def _show_bundle(bundle: Any, as_json: bool) -> None:
             ", ".join(f"{k} {v:.4g}" for k, v in figures.items()) or "–",
         )
     console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import requires_shared
 
+from conftest import requires_shared
 from edgebert.data import encode_labels, label_names, read_examples
 from edgebert.errors import DataError
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import requires_shared
 
+from conftest import requires_shared
 from edgebert.cli import main
 from edgebert.runtime import Predictor
 

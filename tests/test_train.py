@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import sentiment_rows, write_tsv
-
 from edgebert.training import TrainConfig, train
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgebert import __version__
-from edgebert.benchmarks.latency import PERCENTILE_METHOD, Timing, measure_model
+from edgebert.benchmarks.latency import PERCENTILE_METHOD, Timing, measure_models
 from edgebert.benchmarks.system import system_info
 from edgebert.bundle import REPORTS, Bundle, write_json
 from edgebert.data import encode_labels, read_examples
@@ -59,12 +59,12 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         )
     quality = _quality(bundle, precisions, config)
     shapes = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
+    described = ", ".join(f"batch {b} x {s} tokens" for b, s in shapes)
+    log.info("timing %s on %s, taking turns, at %s", ", ".join(precisions), config.device, described)
+    timed = measure_models(bundle.path, precisions, config.device, config.threads, shapes, config.timing)
     results = []
     for precision in precisions:
-        log.info(
-            "timing %s on %s at %s", precision, config.device, ", ".join(f"b{b}/s{s}" for b, s in shapes)
-        )
-        measured = measure_model(bundle.path, precision, config.device, config.threads, shapes, config.timing)
+        measured = timed[precision]
         size_mb = bundle.file(precision).stat().st_size / 2**20
         for shape in measured.pop("shapes"):
             results.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from edgebert.samples import SENTENCES
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FP32_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+log = logging.getLogger("edgebert")
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,15 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
             f"'{checkpoint.name}' has no classification head: export it with --task embed, "
             "or fine-tune it first with `edgebert train`"
         )
+    log.info("loading %s (%s) from %s", checkpoint.name, task, checkpoint.path)
     module, hf_tokenizer = _load_torch(checkpoint, task)
     with staging(Path(out), replace=config.force) as stage:
         _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, config.max_length)
+        log.info("exporting to ONNX (opset %d, dynamic batch and sequence axes)", config.opset)
         _onnx_export(module, hf_tokenizer, stage / FP32_FILE, config.opset)
         fusion = _fuse(stage / FP32_FILE, checkpoint) if config.fuse else None
         manifest = _manifest(stage, checkpoint, task, config, fusion)
+        log.info("validating the ONNX model against torch on %d sentences", len(SENTENCES))
         validation = _validate(Bundle(stage, manifest), module, hf_tokenizer, config.tolerance)
         manifest = manifest.with_artifact(
             "fp32", artifact(stage, FP32_FILE, **{**_fp32_fields(config, fusion), "validation": validation})
@@ -71,6 +76,7 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         if config.quantize == "int8":
             from edgebert.quantizer import QuantizeConfig, quantize_into
 
+            log.info("quantizing to INT8 (dynamic, per-channel weights)")
             manifest = quantize_into(stage, manifest, QuantizeConfig())
         write_manifest(stage, manifest)
     return Bundle.load(out)
