@@ -90,9 +90,10 @@ def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
             scheduler.step()
             optimizer.zero_grad()
             steps, seen = steps + 1, seen + len(batch)
-            bar.set_postfix(
-                loss=f"{loss.item():.4f}", samples_s=f"{seen / (time.perf_counter() - started):.0f}"
-            )
+            speed = seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{speed:.0f}")
+            if bar.disable and steps % max(1, total // 10) == 0:  # no terminal: a log line every 10%
+                log.info("step %d/%d: loss %.4f, %.0f samples/s", steps, total, loss.item(), speed)
         accuracy = evaluate(model, tokenizer, dev_set)
         history.append({"epoch": epoch, "steps": steps, "dev_accuracy": accuracy})
         log.info("epoch %d: dev accuracy %.4f after %d steps", epoch, accuracy, steps)
