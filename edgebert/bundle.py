@@ -1,29 +1,25 @@
 """The bundle: a directory every verb reads and adds to, described by a versioned manifest.
 
-Writes go to a staging directory beside the target that is renamed into place, so a crash
-leaves the old bundle or the new one, never half of one. Loading verifies the format version
+Writes go through ``edgebert.atomic``: a crash leaves the old bundle or the new one, never half
+of one. Loading verifies the format version
 and every artifact's sha256 before anything parses a model file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edgebert import __version__
+from edgebert.atomic import write_json
 from edgebert.errors import BundleError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 REPORTS = "reports"
 
@@ -50,6 +46,7 @@ class Manifest:
     max_length: int
     inputs: tuple[str, ...]
     output: str
+    output_name: str
     source: dict[str, Any]
     artifacts: dict[str, Artifact]
     pooling: dict[str, Any] | None = None
@@ -125,11 +122,28 @@ def read_manifest(path: Path) -> Manifest:
             f"({FORMAT_VERSION}): upgrade edgebert (pip install -U edgebert)"
         )
     try:
-        return Manifest.from_dict(data)
+        return Manifest.from_dict(migrate(data))
     except (KeyError, TypeError) as exc:
         raise BundleError(
             f"'{path / MANIFEST}' is missing a field or has an unknown one ({exc}): re-export"
         ) from exc
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring a manifest of any older format version up to ``FORMAT_VERSION``, one step at a time."""
+    data = dict(data)
+    while data["format_version"] < FORMAT_VERSION:
+        data = _MIGRATIONS[data["format_version"]](data)
+    return data
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 names the model graph's output (``logits`` or ``embeddings``, as ``output`` says);
+    format 1 graphs all called it ``output``."""
+    return {**data, "output_name": "output", "format_version": 2}
+
+
+_MIGRATIONS = {1: _v1_to_v2}
 
 
 def verify_artifact(root: Path, name: str, artifact: Artifact) -> None:
@@ -162,68 +176,5 @@ def artifact(stage: Path, file: str, **fields: Any) -> Artifact:
     return Artifact(file=file, sha256=sha256(stage / file), **fields)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temp file beside ``path``, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def staging(
-    target: Path, *, start_from: Path | None = None, replace: bool = False, marker: str = MANIFEST
-) -> Iterator[Path]:
-    """Yield a staging directory beside ``target`` (empty, or a copy of ``start_from``); it becomes
-    ``target`` on success.
-
-    On any exception the staging directory is removed and ``target`` is left as it was. An existing
-    ``target`` is only replaced when it holds ``marker`` (it is one of ours) or is empty.
-    """
-    target = Path(target).absolute()
-    if target.exists() and start_from is None and not replace:
-        raise BundleError(f"'{target}' already exists: choose another --out or pass --force to replace it")
-    if target.exists() and not (target / marker).is_file() and any(target.iterdir()):
-        raise BundleError(f"'{target}' exists and holds no {marker}: refusing to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    stage.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
-    try:
-        if start_from is not None:
-            for item in start_from.iterdir():
-                copy = shutil.copytree if item.is_dir() else shutil.copy2
-                copy(item, stage / item.name)
-        yield stage
-        _fsync_tree(stage)
-        _swap_into_place(stage, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 def write_manifest(stage: Path, manifest: Manifest) -> None:
     write_json(stage / MANIFEST, manifest.to_dict())
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _swap_into_place(stage: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{os.getpid()}.old")
-        os.replace(target, old)
-    os.replace(stage, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -53,6 +53,14 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+CALIBRATION_DATA = click.option(
+    "--calibration-data",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Text file (labels ignored; 1024 lines drawn with seed 0) that guides which layers INT8 keeps in "
+    "float. Default: the built-in sentences. Never your evaluation file.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgebert")
 @click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
@@ -110,6 +118,7 @@ def main(quiet: bool) -> None:
     help="Run ONNX Runtime's transformer optimizer offline (slower on our CPUs; see README).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@CALIBRATION_DATA
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_explained
 def export(
@@ -121,6 +130,7 @@ def export(
     opset: int,
     fuse: bool,
     force: bool,
+    calibration_data: str | None,
     as_json: bool,
 ) -> None:
     """Export a BERT to a validated ONNX bundle (and INT8 with --quantize int8)."""
@@ -128,7 +138,14 @@ def export(
     from edgebert.exporter import export as run_export
 
     config = ExportConfig(
-        model=model, task=task, quantize=quantize, max_length=max_length, opset=opset, fuse=fuse, force=force
+        model=model,
+        task=task,
+        quantize=quantize,
+        max_length=max_length,
+        opset=opset,
+        fuse=fuse,
+        force=force,
+        calibration_data=calibration_data,
     )
     bundle = run_export(out, config)
     _show_bundle(bundle, as_json)
@@ -136,13 +153,15 @@ def export(
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@CALIBRATION_DATA
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_explained
-def quantize(bundle: Path, as_json: bool) -> None:
+def quantize(bundle: Path, calibration_data: str | None, as_json: bool) -> None:
     """Add a dynamic INT8 model to an existing BUNDLE, validated against its fp32 model."""
+    from edgebert.quantizer import QuantizeConfig
     from edgebert.quantizer import quantize as run_quantize
 
-    _show_bundle(run_quantize(bundle), as_json)
+    _show_bundle(run_quantize(bundle, QuantizeConfig(calibration_data=calibration_data)), as_json)
 
 
 @main.command()
@@ -244,7 +263,10 @@ def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: b
     """Predict TEXTS with BUNDLE (one text per line on stdin when no TEXTS are given)."""
     from edgebert.runtime import Predictor
 
-    items: list[Any] = list(texts) or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:  # one text per line on stdin; bytes that are not UTF-8 become U+FFFD
+        stdin = sys.stdin.buffer.read().decode("utf-8", "replace")
+        texts = tuple(line for line in stdin.splitlines() if line.strip())
+    items: list[Any] = list(texts)
     if pair:
         if len(items) % 2:
             raise click.BadParameter("--pair needs an even number of texts")
@@ -273,6 +295,40 @@ def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: b
             f"warning: some texts were longer than {predictor.bundle.manifest.max_length} tokens "
             "and were truncated"
         )
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@click.option("--threads", type=click.IntRange(1), default=8, show_default=True, help="Concurrent callers.")
+@click.option("--seconds", type=click.FloatRange(0.1), default=30.0, show_default=True, help="How long.")
+@click.option("--per-thread", is_flag=True, help="One Predictor per thread instead of one shared Predictor.")
+@click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_explained
+def soak(
+    bundle: Path, threads: int, seconds: float, per_thread: bool, precision: str | None, as_json: bool
+) -> None:
+    """Predict from many threads at once and check every answer against the single-threaded one.
+
+    Exits 1 if any request failed or differed.
+    """
+    from edgebert.benchmarks.soak import SoakConfig
+    from edgebert.benchmarks.soak import soak as run_soak
+
+    config = SoakConfig(threads=threads, seconds=seconds, shared=not per_thread, precision=precision)
+    result = run_soak(bundle, config)
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(
+            f"{result['requests']} requests from {threads} threads in {seconds:g} s "
+            f"({'one shared Predictor' if config.shared else 'one Predictor each'}, {result['precision']}): "
+            f"{result['errors']} errors, {result['mismatches']} answers differing from single-threaded; "
+            f"RSS {result['rss_start_mb']:.0f} → {result['rss_end_mb']:.0f} MB "
+            f"(peak {result['rss_peak_mb']:.0f})"
+        )
+    if result["errors"] or result["mismatches"]:
+        raise click.ClickException(f"soak failed: {result['first_error'] or 'answers differed under load'}")
 
 
 @main.command()

@@ -72,6 +72,12 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
             line = line_numbers[labels.index(None)]
             raise DataError(f"'{path}' line {line} has no label: every row needs one here")
         return Examples(texts, None, line_numbers, path, encoding)
+    distinct = len(set(labels))
+    if labeled and distinct > 50 and distinct > len(labels) / 2:
+        raise DataError(
+            f"'{path}' has {distinct} distinct labels in {len(labels)} rows: is the label column text? "
+            "Put the text first and the label second, or add a header naming them"
+        )
     return Examples(texts, [str(label) for label in labels], line_numbers, path, encoding)
 
 

@@ -22,8 +22,12 @@ class DataError(EdgebertError):
     """A data file cannot be read as labeled text."""
 
 
-class InputError(EdgebertError):
+class InputError(EdgebertError, ValueError):
     """Text given to the runtime is not something it can predict on."""
+
+
+class TextTypeError(InputError, TypeError):
+    """An item given to the runtime is not a string (or a pair of strings)."""
 
 
 class ValidationError(EdgebertError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import re
 import tempfile
 import time
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, staging, write_manifest
+from edgebert.atomic import staging
+from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, write_manifest
+from edgebert.data import read_examples
 from edgebert.errors import EdgebertError, ValidationError, require
 from edgebert.fidelity import divergence, fidelity
 from edgebert.runtime import Predictor
@@ -34,7 +37,9 @@ log = logging.getLogger("edgebert")
 class QuantizeConfig:
     """How to quantize, and how far the INT8 model may drift from fp32 on the built-in sentences.
 
-    ``keep_float``: how many FFN-output MatMuls (the most sensitive first) stay in fp32.
+    ``keep_float``: how many FFN-output MatMuls (the most sensitive first) stay in fp32, chosen on
+    ``calibration_samples`` texts drawn reproducibly (``seed``) from ``calibration_data`` (labels
+    ignored), or on the built-in sentences without it.
     Tolerances: classify, the share of sentences whose argmax label is unchanged (``min_agreement``)
     and the largest change of a class probability (``max_prob_diff``); embed, the mean and the
     smallest cosine similarity of the embeddings (``min_mean_cosine``, ``min_cosine``).
@@ -44,6 +49,9 @@ class QuantizeConfig:
     per_channel: bool = True
     reduce_range: bool = False
     keep_float: int = 1
+    calibration_data: str | None = None
+    calibration_samples: int = 1024
+    seed: int = 0
     min_agreement: float = 0.9
     max_prob_diff: float = 0.25
     min_mean_cosine: float = 0.98
@@ -67,8 +75,10 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     started = time.perf_counter()
     fp32_path = stage / manifest.artifacts["fp32"].file
     teacher = Predictor(Bundle(stage, manifest), precision="fp32")
-    reference, _ = teacher.outputs(SENTENCES)
-    search = _choose_float_nodes(fp32_path, teacher, reference, config)
+    texts, measured_on = calibration_texts(config)
+    reference, _ = teacher.outputs(texts)
+    search = _choose_float_nodes(fp32_path, teacher, texts, reference, config)
+    search["sensitivity"]["measured_on"] = measured_on
     _quantize_dynamic(fp32_path, stage / INT8_FILE, config, search["kept_float"])
     made_by = {
         "tool": "onnxruntime.quantization.quantize_dynamic",
@@ -85,8 +95,18 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     return manifest.with_artifact("int8", dataclasses.replace(int8, validation=validation))
 
 
+def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
+    """The texts that guide quantization, and a description of where they came from."""
+    if config.calibration_data is None:
+        return list(SENTENCES), f"{len(SENTENCES)} built-in sentences"
+    texts = read_examples(config.calibration_data, labeled=False).texts
+    if len(texts) > config.calibration_samples:
+        texts = random.Random(config.seed).sample(texts, config.calibration_samples)
+    return texts, f"{len(texts)} texts of {config.calibration_data} (seed {config.seed})"
+
+
 def _choose_float_nodes(
-    fp32: Path, teacher: Predictor, reference: Any, config: QuantizeConfig
+    fp32: Path, teacher: Predictor, texts: list[Any], reference: Any, config: QuantizeConfig
 ) -> dict[str, Any]:
     """Quantize once per FFN-output MatMul with that node left in float; keep the ``keep_float`` whose
     exclusion brings the INT8 outputs closest to fp32 (KL of the logits, or cosine distance)."""
@@ -97,19 +117,20 @@ def _choose_float_nodes(
     ]
     candidates = [n for n in names if _FFN_OUTPUT.search(n)] if config.keep_float else []
     if not candidates:
-        return {"kept_float": [], "sensitivity": {}}
+        return {"kept_float": [], "sensitivity": {"divergence_if_kept_float": {}}}
     log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
-    with tempfile.TemporaryDirectory(prefix="edgebert-probe-") as tmp:
+    # the probes live in the staging directory, so that a killed export leaves none behind
+    with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
         probe = Path(tmp) / "probe.onnx"
         scores = {}
         for node in [None, *candidates]:
             _quantize_dynamic(fp32, probe, config, [node] if node else [])
-            outputs, _ = teacher.with_model(probe).outputs(SENTENCES)
+            outputs, _ = teacher.with_model(probe).outputs(texts, batch_size=1)  # as the Predictor runs it
             scores[node or "none"] = divergence(teacher.task, reference, outputs)
     ranked = sorted(candidates, key=lambda n: scores[n])[: config.keep_float]
     return {
         "kept_float": ranked,
-        "sensitivity": {"divergence_if_kept_float": scores, "measured_on": "built-in"},
+        "sensitivity": {"divergence_if_kept_float": scores},
     }
 
 

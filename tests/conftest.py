@@ -48,6 +48,12 @@ def _tiny_checkpoint(root: Path, *, classify: bool) -> Path:
     corpus = list(SENTENCES) + [t for t, _ in sentiment_rows(200, 0)]
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(corpus, vocab_size=400, min_frequency=1, show_progress=False)
+    from tokenizers.processors import BertProcessing
+
+    # [CLS] text [SEP], as every real BERT tokenizer does (training the vocabulary does not set it)
+    wordpiece.post_processor = BertProcessing(
+        ("[SEP]", wordpiece.token_to_id("[SEP]")), ("[CLS]", wordpiece.token_to_id("[CLS]"))
+    )
     tokenizer = BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, model_max_length=128)
     config = BertConfig(
         vocab_size=wordpiece.get_vocab_size(),

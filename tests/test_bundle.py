@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgebert.bundle import FORMAT_VERSION, MANIFEST, Bundle, Manifest, read_manifest, staging, write_json
-from edgebert.errors import BundleError
+from edgebert.atomic import staging, write_json
+from edgebert.bundle import FORMAT_VERSION, MANIFEST, Bundle, Manifest, read_manifest
+from edgebert.errors import BundleError, EdgebertError
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:
@@ -79,7 +80,7 @@ def test_staging_replaces_only_with_consent(tmp_path: Path) -> None:
     target = tmp_path / "out"
     with staging(target) as stage:
         write_json(stage / MANIFEST, {"format_version": 1})
-    with pytest.raises(BundleError, match="--force"), staging(target):
+    with pytest.raises(EdgebertError, match="--force"), staging(target):
         pass
     with staging(target, replace=True) as stage:
         write_json(stage / MANIFEST, {"format_version": 1, "second": True})
@@ -88,6 +89,35 @@ def test_staging_replaces_only_with_consent(tmp_path: Path) -> None:
     user_dir = tmp_path / "documents"
     user_dir.mkdir()
     (user_dir / "thesis.txt").write_text("precious")
-    with pytest.raises(BundleError, match="refusing"), staging(user_dir, replace=True):
+    with pytest.raises(EdgebertError, match="refusing"), staging(user_dir, replace=True):
         pass
     assert (user_dir / "thesis.txt").read_text() == "precious"
+
+
+def test_format_1_bundles_still_load(classify_bundle: Path, tmp_path: Path) -> None:
+    """A genuine format-1 bundle (graph output named 'output', no output_name) migrates and predicts alike."""
+    import hashlib
+
+    import onnx
+
+    from edgebert.runtime import Predictor
+
+    old = _copy(classify_bundle, tmp_path)
+    data = json.loads((old / MANIFEST).read_text())
+    for name in ("fp32", "int8"):
+        path = old / data["artifacts"][name]["file"]
+        model = onnx.load(str(path))
+        for node in model.graph.node:
+            node.output[:] = ["output" if o == "logits" else o for o in node.output]
+        model.graph.output[0].name = "output"
+        onnx.save(model, str(path))
+        data["artifacts"][name]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    del data["output_name"]
+    data["format_version"] = 1
+    (old / MANIFEST).write_text(json.dumps(data))
+
+    migrated = Bundle.load(old).manifest
+    assert migrated.format_version == FORMAT_VERSION and migrated.output_name == "output"
+    assert Manifest.from_dict(json.loads(json.dumps(migrated.to_dict()))) == migrated
+    texts = ["a wonderful film", "dull and boring"]
+    assert Predictor(old).predict(texts) == Predictor(classify_bundle).predict(texts)

@@ -55,12 +55,18 @@ def test_export_info_predict_bench(
     assert code == 0 and "vs fp32" in stdout and "int8" in stdout
 
 
-def test_quantize_adds_int8(tiny_classifier: Path, tmp_path: Path) -> None:
+def test_quantize_adds_int8(
+    tiny_classifier: Path, tmp_path: Path, sentiment_files: tuple[Path, Path]
+) -> None:
     out = tmp_path / "b"
     assert run("export", "-m", str(tiny_classifier), "-o", str(out))[0] == 0
     assert not (out / "model.int8.onnx").exists()
-    code, stdout, _ = run("quantize", str(out), "--json")
-    assert code == 0 and json.loads(stdout)["artifacts"]["int8"]["parent"] == "fp32"
+    code, stdout, _ = run("quantize", str(out), "--calibration-data", str(sentiment_files[0]), "--json")
+    assert code == 0
+    int8 = json.loads(stdout)["artifacts"]["int8"]
+    assert int8["parent"] == "fp32"
+    assert int8["made_by"]["sensitivity"]["measured_on"] == f"256 texts of {sentiment_files[0]} (seed 0)"
+    assert len(int8["made_by"]["kept_float"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
@@ -125,3 +131,11 @@ def test_train_then_export(tiny_classifier: Path, sentiment_files: tuple[Path, P
         run("train", "--data", train, "--eval", train, "--out", str(tmp_path / "x"))[2].count("same file")
         == 1
     )
+
+
+def test_predict_reads_undecodable_stdin(classify_bundle: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["predict", str(classify_bundle), "--json"], input=b"caf\xe9 latte\n\xff\xfe\n"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert [r["text"] for r in json.loads(result.stdout)] == ["caf\ufffd latte", "\ufffd\ufffd"]

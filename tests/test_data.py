@@ -105,3 +105,10 @@ def test_shared_datasets(file: str, rows: int, pairs: bool) -> None:
     assert len(examples) == rows
     assert examples.is_pairs == pairs
     assert examples.labels is not None and len(set(examples.labels)) >= 2
+
+
+def test_label_column_read_as_text_is_refused(tmp_path: Path) -> None:
+    rows = "".join(f"{i % 2}\tsentence number {i} about something\n" for i in range(120))
+    with pytest.raises(DataError, match="120 distinct labels in 120 rows"):
+        read_examples(_write(tmp_path, "swapped.tsv", rows))
+    assert len(read_examples(_write(tmp_path, "unlabeled.tsv", rows), labeled=False)) == 120

@@ -39,8 +39,20 @@ def test_default_model_export_int8_and_bench(tmp_path: Path) -> None:
 def test_reference_classifier_keeps_its_accuracy(tmp_path: Path) -> None:
     model = requires_shared("models", "minilm-sst2")
     dev = requires_shared("data", "sst2", "dev.tsv")
+    train = requires_shared("data", "sst2", "train.tsv")
     out = tmp_path / "sst2"
-    result = CliRunner().invoke(main, ["export", "-m", str(model), "--quantize", "int8", "-o", str(out)])
+    export = [
+        "export",
+        "-m",
+        str(model),
+        "--quantize",
+        "int8",
+        "-o",
+        str(out),
+        "--calibration-data",
+        str(train),
+    ]
+    result = CliRunner().invoke(main, export)
     assert result.exit_code == 0, result.stderr
     result = CliRunner().invoke(main, ["bench", str(out), "--batch-size", "1", "--data", str(dev), *FAST])
     assert result.exit_code == 0, result.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgebert.bundle import Bundle
-from edgebert.errors import BundleError, ModelError, ValidationError
+from edgebert.errors import EdgebertError, ModelError, ValidationError
 from edgebert.exporter import ExportConfig, export
 from edgebert.runtime import Predictor
 
@@ -64,7 +64,7 @@ def test_failed_validation_leaves_nothing(tiny_classifier: Path, tmp_path: Path)
 
 
 def test_existing_out_needs_force(classify_bundle: Path, tiny_classifier: Path) -> None:
-    with pytest.raises(BundleError, match="--force"):
+    with pytest.raises(EdgebertError, match="--force"):
         export(classify_bundle, ExportConfig(model=str(tiny_classifier)))
 
 

@@ -30,6 +30,14 @@ def test_batch_padding_does_not_change_answers(embed_bundle: Path) -> None:
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+def test_int8_answers_do_not_depend_on_the_batch(classify_bundle: Path) -> None:
+    predictor = Predictor(classify_bundle)  # dynamic INT8: one text per call
+    assert predictor.batch_size == 1
+    together = predictor.predict(list(SENTENCES))
+    alone = [predictor.predict([s])[0] for s in SENTENCES]
+    assert together == alone
+
+
 def test_pads_to_longest_not_max_length(embed_bundle: Path) -> None:
     predictor = Predictor(embed_bundle)
     feeds, truncated = predictor.encode(["short one", "a slightly longer sentence here"])

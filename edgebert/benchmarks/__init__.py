@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from edgebert import __version__
+from edgebert.atomic import write_json
 from edgebert.benchmarks.latency import PERCENTILE_METHOD, Timing, measure_models
 from edgebert.benchmarks.system import system_info
-from edgebert.bundle import REPORTS, Bundle, write_json
+from edgebert.bundle import REPORTS, Bundle
 from edgebert.data import encode_labels, read_examples
 from edgebert.errors import BundleError, EdgebertError
 from edgebert.fidelity import fidelity

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edgebert import __version__
-from edgebert.bundle import Bundle, Manifest, artifact, staging, write_manifest
+from edgebert.atomic import staging
+from edgebert.bundle import Bundle, Manifest, artifact, write_manifest
 from edgebert.errors import EdgebertError, ModelError, ValidationError, require
 from edgebert.models import Checkpoint, resolve
 from edgebert.runtime import Predictor
@@ -32,6 +33,7 @@ class ExportConfig:
     ``fuse`` runs ONNX Runtime's transformer optimizer offline; it is off by default because the
     fused graph ran slower on our CPU in fp32 and int8 (benchmarks/results/cpu.md).
     ``tolerance`` is the largest absolute difference from torch accepted for the fp32 model.
+    ``calibration_data``: unlabeled (or labeled) text that guides INT8 quantization.
     """
 
     model: str | None = None
@@ -42,6 +44,7 @@ class ExportConfig:
     fuse: bool = False
     tolerance: float = 1e-4
     force: bool = False
+    calibration_data: str | None = None
 
 
 def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
@@ -65,7 +68,7 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
     with staging(Path(out), replace=config.force) as stage:
         _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, config.max_length)
         log.info("exporting to ONNX (opset %d, dynamic batch and sequence axes)", config.opset)
-        _onnx_export(module, hf_tokenizer, stage / FP32_FILE, config.opset)
+        _onnx_export(module, hf_tokenizer, stage / FP32_FILE, config.opset, _output_name(task))
         fusion = _fuse(stage / FP32_FILE, checkpoint) if config.fuse else None
         manifest = _manifest(stage, checkpoint, task, config, fusion)
         log.info("validating the ONNX model against torch on %d sentences", len(SENTENCES))
@@ -77,7 +80,9 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
             from edgebert.quantizer import QuantizeConfig, quantize_into
 
             log.info("quantizing to INT8 (dynamic, per-channel weights)")
-            manifest = quantize_into(stage, manifest, QuantizeConfig())
+            manifest = quantize_into(
+                stage, manifest, QuantizeConfig(calibration_data=config.calibration_data)
+            )
         write_manifest(stage, manifest)
     return Bundle.load(out)
 
@@ -134,7 +139,11 @@ def _save_tokenizer(hf_tokenizer: Any, path: Path, max_length: int) -> None:
     tokenizer.save(str(path))
 
 
-def _onnx_export(module: Any, hf_tokenizer: Any, path: Path, opset: int) -> None:
+def _output_name(task: str) -> str:
+    return "logits" if task == "classify" else "embeddings"
+
+
+def _onnx_export(module: Any, hf_tokenizer: Any, path: Path, opset: int, output: str) -> None:
     import torch
 
     sample = hf_tokenizer(list(SENTENCES[:2]), padding=True, return_tensors="pt")
@@ -147,8 +156,8 @@ def _onnx_export(module: Any, hf_tokenizer: Any, path: Path, opset: int) -> None
             args,
             str(path),
             input_names=list(INPUTS),
-            output_names=["output"],
-            dynamic_axes={**axes, "output": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={**axes, output: {0: "batch"}},
             opset_version=opset,
             dynamo=False,  # the TorchScript graph is the one ONNX Runtime's fusions and quantizer handle best
         )
@@ -191,7 +200,8 @@ def _manifest(
         labels=checkpoint.labels if task == "classify" else None,
         max_length=config.max_length,
         inputs=INPUTS,
-        output="logits" if task == "classify" else "embeddings",
+        output=_output_name(task),
+        output_name=_output_name(task),
         source=checkpoint.describe(),
         pooling=checkpoint.pooling if task == "embed" else None,
         artifacts={

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebert.bundle import staging, write_json
+from edgebert.atomic import staging, write_json
 from edgebert.data import Examples, encode_labels, label_names, read_examples
 from edgebert.errors import DataError, ModelError, require
 from edgebert.models import resolve

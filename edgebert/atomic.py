@@ -1,0 +1,108 @@
+"""Atomic writes: nothing edgebert writes is ever seen half-written, even after SIGKILL.
+
+A file is written to a temp file beside it, fsynced and renamed. A directory (a bundle, a
+checkpoint) is built in a hidden staging directory beside the target and swapped into place. A
+small guard process watches each staging: when the writer's end of a pipe closes, whether because
+the writer finished, raised, or was killed, the guard removes what is left of the staging directory
+and, if the writer died between the two renames of a swap, puts the old directory back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgebert.errors import EdgebertError
+
+# Run by the guard process: wait for EOF on stdin, then restore or clean up.
+_GUARD = """
+import os, shutil, sys
+stage, target, old = sys.argv[1:4]
+sys.stdin.buffer.read()
+if not os.path.exists(target) and os.path.isdir(old):
+    os.replace(old, target)
+shutil.rmtree(stage, ignore_errors=True)
+shutil.rmtree(old, ignore_errors=True)
+"""
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a temp file beside ``path``, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def staging(
+    target: Path, *, start_from: Path | None = None, replace: bool = False, marker: str = "manifest.json"
+) -> Iterator[Path]:
+    """Yield a staging directory beside ``target`` (empty, or a copy of ``start_from``); it becomes
+    ``target`` on success.
+
+    On any exception, or if the process is killed, the staging directory is removed and ``target``
+    is left as it was. An existing ``target`` is only replaced when it holds ``marker`` (it is one
+    of ours) or is empty.
+    """
+    target = Path(target).absolute()
+    if target.exists() and start_from is None and not replace:
+        raise EdgebertError(f"'{target}' already exists: choose another --out or pass --force to replace it")
+    if target.exists() and not (target / marker).is_file() and any(target.iterdir()):
+        raise EdgebertError(f"'{target}' exists and holds no {marker}: refusing to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
+    old = stage.with_suffix(".old")
+    guard = subprocess.Popen(
+        [sys.executable, "-c", _GUARD, str(stage), str(target), str(old)],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C to the writer's process group must not stop the guard
+    )
+    try:
+        if start_from is not None:
+            for item in start_from.iterdir():
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, stage / item.name)
+        yield stage
+        _fsync_tree(stage)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(stage, target)
+        _fsync_dir(target.parent)
+    finally:
+        assert guard.stdin is not None
+        guard.stdin.close()  # the guard removes the staging directory and any old copy
+        guard.wait(timeout=60)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
