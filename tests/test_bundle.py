@@ -121,3 +121,48 @@ def test_format_1_bundles_still_load(classify_bundle: Path, tmp_path: Path) -> N
     assert Manifest.from_dict(json.loads(json.dumps(migrated.to_dict()))) == migrated
     texts = ["a wonderful film", "dull and boring"]
     assert Predictor(old).predict(texts) == Predictor(classify_bundle).predict(texts)
+
+
+def _point_weights_at(model_path: Path, location: str) -> None:
+    """Move the largest initializer of an ONNX model out to external data at ``location``."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    onnx.save(model, str(model_path))
+
+
+def _reseal(bundle: Path) -> None:
+    """Recompute every sha256 in the manifest, as an attacker who also rewrites the manifest would."""
+    from edgebert.bundle import sha256
+
+    data = json.loads((bundle / MANIFEST).read_text())
+    for artifact in data["artifacts"].values():
+        artifact["sha256"] = sha256(bundle / artifact["file"])
+    (bundle / MANIFEST).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/hostname", "inside-link.bin"])
+def test_external_data_cannot_leave_the_bundle(classify_bundle: Path, tmp_path: Path, location: str) -> None:
+    from edgebert.runtime import BackendError, Predictor
+
+    copy = _copy(classify_bundle, tmp_path)
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 4096)
+    _point_weights_at(copy / "model.onnx", location)
+    if location == "inside-link.bin":
+        (copy / location).symlink_to(tmp_path / "outside.bin")
+    _reseal(copy)
+    with pytest.raises((BundleError, BackendError), match=r"escapes|Absolute path|inside-link\.bin"):
+        Predictor(copy, precision="fp32")
+
+
+def test_nothing_is_unpickled() -> None:
+    """Checkpoints are safetensors; no module of edgebert loads a pickle."""
+    root = Path(__file__).resolve().parents[1] / "edgebert"
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        assert "import pickle" not in text and "torch.load(" not in text, path

@@ -134,8 +134,9 @@ def test_train_then_export(tiny_classifier: Path, sentiment_files: tuple[Path, P
 
 
 def test_predict_reads_undecodable_stdin(classify_bundle: Path) -> None:
-    result = CliRunner().invoke(
-        main, ["predict", str(classify_bundle), "--json"], input=b"caf\xe9 latte\n\xff\xfe\n"
-    )
+    stdin = b"caf\xe9 latte\n\xff\xfe ok\n"
+    result = CliRunner().invoke(main, ["predict", str(classify_bundle), "--json"], input=stdin)
     assert result.exit_code == 0, result.stderr
-    assert [r["text"] for r in json.loads(result.stdout)] == ["caf\ufffd latte", "\ufffd\ufffd"]
+    assert [r["text"] for r in json.loads(result.stdout)] == ["caf\ufffd latte", "\ufffd\ufffd ok"]
+    nothing = CliRunner().invoke(main, ["predict", str(classify_bundle)], input=b"\xff\xfe\n")
+    assert nothing.exit_code == 1 and "text 0 has no tokens" in nothing.stderr

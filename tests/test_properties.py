@@ -46,7 +46,11 @@ def test_any_text_gets_an_answer_or_a_documented_error(int8: Predictor, texts: l
 @SETTINGS
 @given(texts=st.lists(TEXT.filter(str.strip), min_size=1, max_size=8))
 def test_padding_never_changes_an_fp32_answer(fp32: Predictor, texts: list[str]) -> None:
-    together, _ = fp32.outputs(texts)
+    try:
+        together, _ = fp32.outputs(texts)
+    except InputError as exc:  # a text the tokenizer keeps nothing of: refused, as tested above
+        assert "has no tokens" in str(exc)
+        return
     alone = np.stack([fp32.outputs([t])[0][0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)  # the stated tolerance
 

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from edgebert.benchmarks.soak import SoakConfig, soak
 from edgebert.cli import main
 
-RSS_BOUND_MB = 50  # growth allowed over a soak, after warm-up
+RSS_BOUND_MB = 64  # growth allowed over a whole soak (threads' first calls allocate buffers)
+RSS_BOUND_AFTER_WARMUP_MB = 16  # growth allowed after the first fifth of it
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -19,6 +20,7 @@ def test_eight_threads_agree_with_one(classify_bundle: Path, shared: bool) -> No
     assert result["errors"] == 0, result["first_error"]
     assert result["mismatches"] == 0
     assert result["rss_growth_mb"] < RSS_BOUND_MB
+    assert result["rss_growth_after_first_fifth_mb"] < RSS_BOUND_AFTER_WARMUP_MB
 
 
 def test_soak_command(embed_bundle: Path) -> None:

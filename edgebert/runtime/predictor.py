@@ -93,9 +93,21 @@ class Predictor:
     def labels(self) -> tuple[str, ...]:
         return self.bundle.manifest.labels or ()
 
-    def encode(self, texts: Sequence[Text]) -> tuple[dict[str, np.ndarray], list[bool]]:
-        """Model inputs for ``texts`` (padded to the longest) and which texts were truncated."""
+    def encode(
+        self, texts: Sequence[Text], positions: Sequence[int] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """Model inputs for ``texts`` (padded to the longest) and which texts were truncated.
+
+        A text with no token besides [CLS]/[SEP] (only characters the tokenizer drops) is an
+        ``InputError`` naming its position (``positions[i]`` when given).
+        """
         encodings = self.tokenizer.encode_batch(list(texts))
+        for row, encoding in enumerate(encodings):
+            if all(encoding.special_tokens_mask):
+                position = positions[row] if positions is not None else row
+                raise InputError(
+                    f"text {position} has no tokens this model's tokenizer keeps: give it a word"
+                )
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
@@ -122,11 +134,7 @@ class Predictor:
         truncated = [False] * len(checked)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            feeds, flags = self.encode([checked[i] for i in chunk])
-            for row in np.flatnonzero(feeds["attention_mask"].sum(axis=1) == 0):
-                raise InputError(
-                    f"text {chunk[row]} has no tokens this model's tokenizer keeps: give it a word"
-                )
+            feeds, flags = self.encode([checked[i] for i in chunk], chunk)
             out = self.session.run([self.bundle.manifest.output_name], feeds)[0]
             for row, i in enumerate(chunk):
                 results[i], truncated[i] = out[row], flags[row]
