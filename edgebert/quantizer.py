@@ -23,7 +23,7 @@ from typing import Any
 from edgebert.atomic import staging
 from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, write_manifest
 from edgebert.data import read_examples
-from edgebert.errors import EdgebertError, ValidationError, require
+from edgebert.errors import DataError, EdgebertError, ValidationError, require
 from edgebert.fidelity import divergence, fidelity
 from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
@@ -99,10 +99,16 @@ def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
     """The texts that guide quantization, and a description of where they came from."""
     if config.calibration_data is None:
         return list(SENTENCES), f"{len(SENTENCES)} built-in sentences"
-    texts = read_examples(config.calibration_data, labeled=False).texts
+    texts = [t for t in read_examples(config.calibration_data, labeled=False).texts if _has_words(t)]
+    if not texts:
+        raise DataError(f"'{config.calibration_data}' has no text to calibrate on")
     if len(texts) > config.calibration_samples:
         texts = random.Random(config.seed).sample(texts, config.calibration_samples)
     return texts, f"{len(texts)} texts of {config.calibration_data} (seed {config.seed})"
+
+
+def _has_words(text: Any) -> bool:
+    return bool(text.strip()) if isinstance(text, str) else all(part.strip() for part in text)
 
 
 def _choose_float_nodes(
