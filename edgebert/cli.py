@@ -18,10 +18,10 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
 from edgebert import __version__
 from edgebert.errors import EdgebertError
+from edgebert.tables import bundle_table, predictions_table
 
 console = Console()
 errors = Console(stderr=True)
@@ -53,6 +53,10 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+BUNDLE = click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table."
+)
 CALIBRATION_DATA = click.option(
     "--calibration-data",
     type=click.Path(exists=True, dir_okay=False),
@@ -119,7 +123,7 @@ def main(quiet: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @CALIBRATION_DATA
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@JSON
 @_explained
 def export(
     model: str | None,
@@ -152,9 +156,9 @@ def export(
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@BUNDLE
 @CALIBRATION_DATA
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@JSON
 @_explained
 def quantize(bundle: Path, calibration_data: str | None, as_json: bool) -> None:
     """Add a dynamic INT8 model to an existing BUNDLE, validated against its fp32 model."""
@@ -165,7 +169,7 @@ def quantize(bundle: Path, calibration_data: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@BUNDLE
 @click.option(
     "--device",
     type=click.Choice(["cpu", "gpu"]),
@@ -212,7 +216,7 @@ def quantize(bundle: Path, calibration_data: str | None, as_json: bool) -> None:
     "--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed warm-up runs per shape."
 )
 @click.option("--no-save", is_flag=True, help="Do not write the report to BUNDLE/reports/.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@JSON
 @_explained
 def bench(
     bundle: Path,
@@ -257,7 +261,7 @@ def bench(
 @click.argument("texts", nargs=-1)
 @click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
 @click.option("--pair", is_flag=True, help="Read TEXTS two at a time as (text, text_pair) sentence pairs.")
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@JSON
 @_explained
 def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: bool, as_json: bool) -> None:
     """Predict TEXTS with BUNDLE (one text per line on stdin when no TEXTS are given)."""
@@ -276,20 +280,7 @@ def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: b
     if as_json:
         _print_json([{"text": t, **r.to_dict()} for t, r in zip(items, results, strict=True)])
         return
-    table = Table(title=f"{predictor.task} · {predictor.precision} · {bundle}", title_justify="left")
-    table.add_column("text", overflow="ellipsis", max_width=60)
-    if predictor.task == "classify":
-        table.add_column("label")
-        table.add_column("score", justify="right")
-        for text, r in zip(items, results, strict=True):
-            table.add_row(str(text), r.label, f"{r.score:.3f}")
-    else:
-        table.add_column("embedding")
-        for text, r in zip(items, results, strict=True):
-            vector = [] if r.embedding is None else [float(x) for x in r.embedding]
-            shown = ", ".join(f"{x:.3f}" for x in vector[:4])
-            table.add_row(str(text), f"dim {len(vector)}: [{shown}, …]")
-    console.print(table)
+    console.print(predictions_table(predictor, items, results))
     if any(r.truncated for r in results):
         errors.print(
             f"warning: some texts were longer than {predictor.bundle.manifest.max_length} tokens "
@@ -298,12 +289,12 @@ def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: b
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+@BUNDLE
 @click.option("--threads", type=click.IntRange(1), default=8, show_default=True, help="Concurrent callers.")
 @click.option("--seconds", type=click.FloatRange(0.1), default=30.0, show_default=True, help="How long.")
 @click.option("--per-thread", is_flag=True, help="One Predictor per thread instead of one shared Predictor.")
 @click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@JSON
 @_explained
 def soak(
     bundle: Path, threads: int, seconds: float, per_thread: bool, precision: str | None, as_json: bool
@@ -332,8 +323,8 @@ def soak(
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@BUNDLE
+@JSON
 @_explained
 def info(bundle: Path, as_json: bool) -> None:
     """Show what BUNDLE holds, how each model was made and how it was validated (checksums verified)."""
@@ -371,7 +362,7 @@ def info(bundle: Path, as_json: bool) -> None:
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
+@JSON
 @_explained
 def train(
     data: str,
@@ -406,42 +397,18 @@ def train(
     summary = run_train(out, config)
     if as_json:
         _print_json(summary)
-    else:
-        out_table = Table(title=f"fine-tuned → {out}", title_justify="left")
-        for key in ("dev_accuracy", "best_epoch", "steps", "train_seconds", "samples_per_s"):
-            out_table.add_column(key.replace("_", " "), justify="right")
-        out_table.add_row(
-            *(
-                f"{summary[k]:.4f}" if isinstance(summary[k], float) else str(summary[k])
-                for k in ("dev_accuracy", "best_epoch", "steps", "train_seconds", "samples_per_s")
-            )
-        )
-        console.print(out_table)
+        return
+    console.print(
+        f"fine-tuned → {out}: dev accuracy {summary['dev_accuracy']:.4f} (epoch {summary['best_epoch']}), "
+        f"{summary['steps']} steps in {summary['train_seconds']} s ({summary['samples_per_s']} samples/s)"
+    )
 
 
 def _show_bundle(bundle: Any, as_json: bool) -> None:
-    manifest = bundle.manifest
     if as_json:
-        _print_json({"path": str(bundle.path), **manifest.to_dict()})
-        return
-    labels = f" · labels: {', '.join(manifest.labels)}" if manifest.labels else ""
-    table = Table(
-        title=f"{bundle.path} · {manifest.task}{labels} · max_length {manifest.max_length}",
-        title_justify="left",
-    )
-    for column in ("artifact", "file", "MB", "parent", "validation"):
-        table.add_column(column, justify="right" if column == "MB" else "left")
-    for name, art in manifest.artifacts.items():
-        size = (bundle.path / art.file).stat().st_size / 2**20
-        figures = {k: v for k, v in art.validation.items() if isinstance(v, float)}
-        table.add_row(
-            name,
-            art.file,
-            f"{size:.1f}",
-            art.parent or "–",
-            ", ".join(f"{k} {v:.4g}" for k, v in figures.items()) or "–",
-        )
-    console.print(table)
+        _print_json({"path": str(bundle.path), **bundle.manifest.to_dict()})
+    else:
+        console.print(bundle_table(bundle))
 
 
 if __name__ == "__main__":
