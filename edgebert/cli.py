@@ -404,6 +404,61 @@ def train(
     )
 
 
+@main.command()
+@click.option(
+    "--corpus",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Plain text: one sentence or paragraph a line, blank lines between documents.",
+)
+@click.option(
+    "--config",
+    "preset",
+    type=click.Choice(["tiny", "mini", "small", "base"]),
+    default="tiny",
+    show_default=True,
+    help="Model size (layers/hidden/heads: 2/128/2, 4/256/4, 4/512/8, 12/768/12).",
+)
+@click.option("--layers", type=click.IntRange(1), help="Override the number of layers.")
+@click.option("--hidden", type=click.IntRange(8), help="Override the hidden size.")
+@click.option("--heads", type=click.IntRange(1), help="Override the number of attention heads.")
+@click.option(
+    "--vocab",
+    type=click.Path(exists=True),
+    help="vocab.txt or a checkpoint directory; default: learn a WordPiece vocabulary from the corpus.",
+)
+@click.option("--vocab-size", type=click.IntRange(100), default=8000, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--max-length", type=click.IntRange(16, 512), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint directory to write.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
+@JSON
+@_explained
+def pretrain(out: Path, as_json: bool, **options: Any) -> None:
+    """Pretrain a BERT from scratch with masked-language modelling and next-sentence prediction."""
+    from edgebert.training import PretrainConfig
+    from edgebert.training import pretrain as run_pretrain
+
+    summary = run_pretrain(out, PretrainConfig(**options))
+    if as_json:
+        _print_json(summary)
+        return
+    console.print(
+        f"pretrained → {out}: held-out MLM accuracy {summary['mlm_accuracy']:.4f}, NSP accuracy "
+        f"{summary['nsp_accuracy']:.4f}; loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f} "
+        f"over {summary['steps']} steps in {summary['train_seconds']} s"
+    )
+
+
 def _show_bundle(bundle: Any, as_json: bool) -> None:
     if as_json:
         _print_json({"path": str(bundle.path), **bundle.manifest.to_dict()})

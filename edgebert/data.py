@@ -108,6 +108,13 @@ def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
     return ids
 
 
+def read_text(path: Path) -> str:
+    """A plain-text file's contents: UTF-8 (a BOM allowed), else latin-1; CRLF read as LF."""
+    if not path.is_file():
+        raise DataError(f"text file '{path}' does not exist")
+    return _decode(path.read_bytes())[0].replace("\r\n", "\n")
+
+
 def _decode(raw: bytes) -> tuple[str, str]:
     try:
         return raw.decode("utf-8-sig"), "utf-8"

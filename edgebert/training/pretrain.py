@@ -1,0 +1,229 @@
+"""Pretrain a BERT from scratch with both of its objectives: masked-language modelling (15% of
+WordPiece tokens chosen; of those 80% [MASK], 10% a random token, 10% unchanged — transformers'
+DataCollatorForLanguageModeling) and next-sentence prediction ([CLS] A [SEP] B [SEP], B the real
+next sentence half of the time). The result is an ordinary ``BertForPreTraining`` checkpoint that
+``edgebert train`` fine-tunes."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgebert.atomic import staging, write_json
+from edgebert.errors import DataError, EdgebertError, require
+
+log = logging.getLogger("edgebert")
+
+# layers, hidden size, attention heads (intermediate size is 4x hidden), as in Turc et al. 2019
+PRESETS = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "base": (12, 768, 12)}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """A pretraining run. ``vocab``: a vocab.txt or a checkpoint directory whose tokenizer to use;
+    without it a WordPiece vocabulary of ``vocab_size`` is learned from the corpus."""
+
+    corpus: str
+    preset: str = "tiny"
+    layers: int | None = None
+    hidden: int | None = None
+    heads: int | None = None
+    vocab: str | None = None
+    vocab_size: int = 8000
+    max_length: int = 128
+    batch_size: int = 32
+    lr: float = 5e-4
+    max_steps: int = 1000
+    mlm_probability: float = 0.15
+    heldout: float = 0.05
+    seed: int = 0
+    force: bool = False
+
+
+def read_corpus(path: str | Path) -> list[list[str]]:
+    """Documents (separated by blank lines), each a list of lines (sentences or paragraphs)."""
+    from edgebert.data import read_text
+
+    documents: list[list[str]] = [[]]
+    for line in read_text(Path(path)).split("\n"):
+        if line.strip():
+            documents[-1].append(line.strip())
+        elif documents[-1]:
+            documents.append([])
+    documents = [d for d in documents if d]
+    if sum(len(d) for d in documents) < 2:
+        raise DataError(f"'{path}' needs at least two lines of text to pretrain on")
+    return documents
+
+
+def sentence_pairs(documents: list[list[str]], rng: random.Random) -> list[tuple[str, str, int]]:
+    """(A, B, label) for every consecutive pair of lines: label 0 when B really follows A (half of
+    the pairs), 1 when B is a random line from elsewhere (another document when there is one)."""
+    lines = [(d, i) for d, document in enumerate(documents) for i in range(len(document))]
+    pairs = []
+    for d, document in enumerate(documents):
+        for i in range(len(document) - 1):
+            if rng.random() < 0.5:
+                pairs.append((document[i], document[i + 1], 0))
+                continue
+            while True:
+                other_d, other_i = rng.choice(lines)
+                if (other_d != d or len(documents) == 1) and (other_d, other_i) != (d, i + 1):
+                    break
+            pairs.append((document[i], documents[other_d][other_i], 1))
+    return pairs
+
+
+def build_tokenizer(config: PretrainConfig, documents: list[list[str]]) -> Any:
+    from tokenizers import BertWordPieceTokenizer
+    from tokenizers.processors import BertProcessing
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if config.vocab is not None:
+        vocab = Path(config.vocab)
+        if vocab.is_dir():
+            return AutoTokenizer.from_pretrained(vocab)
+        return BertTokenizerFast(vocab_file=str(vocab), model_max_length=config.max_length)
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    lines = [line for document in documents for line in document]
+    wordpiece.train_from_iterator(lines, vocab_size=config.vocab_size, show_progress=False)
+    wordpiece.post_processor = BertProcessing(
+        ("[SEP]", wordpiece.token_to_id("[SEP]")), ("[CLS]", wordpiece.token_to_id("[CLS]"))
+    )
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]"}
+    return BertTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        model_max_length=config.max_length,
+        mask_token="[MASK]",
+        **special,
+    )
+
+
+def pretrain(out: str | Path, config: PretrainConfig) -> dict[str, Any]:
+    """Pretrain a BERT on ``config.corpus`` and save it at ``out``; return held-out MLM and NSP accuracy."""
+    require("torch", "train")
+    require("transformers", "train")
+    import torch
+    import transformers
+    from transformers import BertConfig, BertForPreTraining
+
+    if config.preset not in PRESETS:
+        raise EdgebertError(f"unknown --config '{config.preset}': choose one of {', '.join(PRESETS)}")
+    out = Path(out)
+    if out.exists() and not config.force:
+        raise EdgebertError(f"'{out}' already exists: choose another --out or pass --force to replace it")
+    layers, hidden, heads = (
+        override or preset
+        for override, preset in zip(
+            (config.layers, config.hidden, config.heads), PRESETS[config.preset], strict=True
+        )
+    )
+    if hidden % heads:
+        raise EdgebertError(f"--hidden {hidden} is not divisible by --heads {heads}")
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    transformers.logging.set_verbosity_error()
+    documents = read_corpus(config.corpus)
+    tokenizer = build_tokenizer(config, documents)
+    pairs = sentence_pairs(documents, rng)
+    rng.shuffle(pairs)
+    n_heldout = max(1, int(len(pairs) * config.heldout))
+    heldout, training = pairs[:n_heldout], pairs[n_heldout:] or pairs
+    model = BertForPreTraining(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=max(512, config.max_length),
+        )
+    )
+    collator = masking(tokenizer, config, seed=config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    scheduler = transformers.get_linear_schedule_with_warmup(
+        optimizer, config.max_steps // 10, config.max_steps
+    )
+    from tqdm.auto import tqdm
+
+    losses: list[float] = []
+    started = time.perf_counter()
+    model.train()
+    bar = tqdm(range(config.max_steps), desc="pretraining", unit="step", disable=None)
+    for step in bar:
+        batch = [training[rng.randrange(len(training))] for _ in range(config.batch_size)]
+        loss = model(**collator(encode_pairs(tokenizer, batch, config.max_length))).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if bar.disable and (step + 1) % max(1, config.max_steps // 10) == 0:
+            log.info("step %d/%d: loss %.4f", step + 1, config.max_steps, loss.item())
+    metrics = evaluate(model, tokenizer, heldout, config)
+    window = max(1, len(losses) // 10)
+    summary = {
+        **metrics,
+        "first_loss": sum(losses[:window]) / window,
+        "last_loss": sum(losses[-window:]) / window,
+        "steps": config.max_steps,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "pairs": {"train": len(training), "heldout": len(heldout)},
+        "model": {"layers": layers, "hidden": hidden, "heads": heads, "vocab": len(tokenizer)},
+        "config": asdict(config),
+    }
+    with staging(out, replace=config.force, marker="config.json") as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+        write_json(stage / "pretrain_summary.json", summary)
+    return summary
+
+
+def masking(tokenizer: Any, config: PretrainConfig, *, seed: int) -> Any:
+    """Pads a batch and masks it for MLM: ``mlm_probability`` of the non-special tokens are chosen,
+    of those 80% become [MASK], 10% a random token, 10% stay; ``labels`` hold the originals."""
+    from transformers import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(
+        tokenizer,
+        mlm_probability=config.mlm_probability,
+        mask_replace_prob=0.8,
+        random_replace_prob=0.1,
+        seed=seed,
+    )
+
+
+def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str, int]], max_length: int) -> list[dict[str, Any]]:
+    encoded = tokenizer(
+        [a for a, _, _ in pairs], [b for _, b, _ in pairs], truncation="longest_first", max_length=max_length
+    )
+    return [
+        {**{k: encoded[k][i] for k in encoded}, "next_sentence_label": label}
+        for i, (_, _, label) in enumerate(pairs)
+    ]
+
+
+def evaluate(
+    model: Any, tokenizer: Any, pairs: list[tuple[str, str, int]], config: PretrainConfig
+) -> dict[str, float]:
+    """MLM accuracy on the masked tokens and NSP accuracy, on held-out pairs with seeded masking."""
+    import torch
+
+    collator = masking(tokenizer, config, seed=config.seed + 1)
+    model.eval()
+    masked = mlm_right = nsp_right = 0
+    with torch.no_grad():
+        for start in range(0, len(pairs), 64):
+            batch = collator(encode_pairs(tokenizer, pairs[start : start + 64], config.max_length))
+            out = model(**batch)
+            chosen = batch["labels"] != -100
+            masked += int(chosen.sum())
+            mlm_right += int((out.prediction_logits.argmax(-1)[chosen] == batch["labels"][chosen]).sum())
+            nsp_right += int((out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum())
+    return {"mlm_accuracy": mlm_right / max(masked, 1), "nsp_accuracy": nsp_right / len(pairs)}

@@ -1,0 +1,124 @@
+"""Pretraining on tiny corpora: masking statistics, NSP balance, loss going down, the checkpoint
+loading as BertForPreTraining and fine-tuning with `edgebert train`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import sentiment_rows
+from edgebert.cli import main
+from edgebert.samples import SENTENCES
+from edgebert.training.pretrain import (
+    PretrainConfig,
+    build_tokenizer,
+    encode_pairs,
+    masking,
+    read_corpus,
+    sentence_pairs,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines = [text for text, _ in sentiment_rows(600, 7)] + list(SENTENCES)
+    documents = ["\n".join(lines[i : i + 6]) for i in range(0, len(lines), 6)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(documents) + "\n")
+    return path
+
+
+def test_masking_is_15_percent_then_80_10_10(corpus: Path) -> None:
+    config = PretrainConfig(corpus=str(corpus), vocab_size=500)
+    documents = read_corpus(corpus)
+    tokenizer = build_tokenizer(config, documents)
+    pairs = sentence_pairs(documents, random.Random(0))
+    batch = masking(tokenizer, config, seed=3)(encode_pairs(tokenizer, pairs, 64))
+    special = set(tokenizer.all_special_ids)
+    original = batch["labels"]
+    chosen = original != -100
+    candidates = sum(
+        1 for row in encode_pairs(tokenizer, pairs, 64) for t in row["input_ids"] if t not in special
+    )
+    assert candidates > 5000
+    assert chosen.sum().item() / candidates == pytest.approx(0.15, abs=0.015)
+    inputs = batch["input_ids"][chosen]
+    masked = (inputs == tokenizer.mask_token_id).float().mean().item()
+    unchanged = (inputs == original[chosen]).float().mean().item()
+    assert masked == pytest.approx(0.8, abs=0.03)
+    assert unchanged == pytest.approx(0.1, abs=0.03)
+    assert 1 - masked - unchanged == pytest.approx(0.1, abs=0.03)  # a random token
+
+
+def test_next_sentence_pairs_are_balanced_and_real(corpus: Path) -> None:
+    documents = read_corpus(corpus)
+    pairs = sentence_pairs(documents, random.Random(1))
+    follows = {(d[i], d[i + 1]) for d in documents for i in range(len(d) - 1)}
+    assert sum(label == 0 for _, _, label in pairs) / len(pairs) == pytest.approx(0.5, abs=0.07)
+    for a, b, label in pairs:
+        assert ((a, b) in follows) == (label == 0)
+    assert len(documents) > 50 and all(len(d) <= 6 for d in documents)
+
+
+def test_pretrain_learns_saves_and_fine_tunes(
+    corpus: Path, tmp_path: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    from transformers import BertForPreTraining
+
+    out = tmp_path / "pretrained"
+    args = ["pretrain", "--corpus", str(corpus), "--layers", "2", "--hidden", "64", "--heads", "2"]
+    args += ["--vocab-size", "500", "--max-steps", "60", "--batch-size", "16", "--max-length", "48"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["last_loss"] < summary["first_loss"] - 0.5
+    assert 0 <= summary["mlm_accuracy"] <= 1 and 0 <= summary["nsp_accuracy"] <= 1
+    model = BertForPreTraining.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert (out / "model.safetensors").is_file() and (out / "pretrain_summary.json").is_file()
+    train, dev = map(str, sentiment_files)
+    tuned = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            train,
+            "--eval",
+            dev,
+            "-m",
+            str(out),
+            "-o",
+            str(tmp_path / "ft"),
+            "--max-steps",
+            "3",
+            "--json",
+        ],
+    )
+    assert tuned.exit_code == 0, tuned.stderr
+    assert json.loads(tuned.stdout)["steps"] == 3
+
+
+def test_pretrain_refuses_bad_requests(corpus: Path, tmp_path: Path) -> None:
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("only one line\n")
+    result = CliRunner().invoke(main, ["pretrain", "--corpus", str(one_line), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "at least two lines" in result.stderr
+    result = CliRunner().invoke(
+        main,
+        [
+            "pretrain",
+            "--corpus",
+            str(corpus),
+            "--hidden",
+            "100",
+            "--heads",
+            "3",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+    )
+    assert result.exit_code == 1 and "not divisible" in result.stderr
