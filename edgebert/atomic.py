@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -67,15 +68,16 @@ def staging(
     if target.exists() and not (target / marker).is_file() and any(target.iterdir()):
         raise EdgebertError(f"'{target}' exists and holds no {marker}: refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    stage.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
+    stage = target.parent / f".{target.name}.{secrets.token_hex(6)}.partial"
     old = stage.with_suffix(".old")
+    # the guard starts before the staging directory exists, so no moment is left unwatched
     guard = subprocess.Popen(
         [sys.executable, "-c", _GUARD, str(stage), str(target), str(old)],
         stdin=subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C to the writer's process group must not stop the guard
     )
     try:
+        stage.mkdir()
         if start_from is not None:
             for item in start_from.iterdir():
                 copy = shutil.copytree if item.is_dir() else shutil.copy2
