@@ -459,6 +459,62 @@ def pretrain(out: Path, as_json: bool, **options: Any) -> None:
     )
 
 
+@main.command()
+@click.option("--teacher", required=True, help="Fine-tuned classifier checkpoint directory.")
+@click.option(
+    "--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labeled training file."
+)
+@click.option(
+    "--eval",
+    "eval_data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Labeled dev file.",
+)
+@click.option(
+    "--student-layers", type=click.IntRange(1), help="Keep this many of the teacher's layers (default: half)."
+)
+@click.option("--student", help="Start the student from this checkpoint instead (its tokenizer may differ).")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the teacher's soft targets; the rest goes to the labels.",
+)
+@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
+@click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint directory to write.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
+@JSON
+@_explained
+def distill(out: Path, as_json: bool, **options: Any) -> None:
+    """Distil a fine-tuned teacher into a smaller student (soft targets plus labels)."""
+    from edgebert.training import DistillConfig
+    from edgebert.training import distill as run_distill
+
+    summary = run_distill(out, DistillConfig(**options))
+    if as_json:
+        _print_json(summary)
+        return
+    console.print(
+        f"distilled → {out}: dev accuracy {summary['dev_accuracy']:.4f} vs the teacher's "
+        f"{summary['teacher_dev_accuracy']:.4f} ({summary['kept_of_teacher']:.1%} kept), "
+        f"{summary['steps']} steps in {summary['train_seconds']} s"
+    )
+
+
 def _show_bundle(bundle: Any, as_json: bool) -> None:
     if as_json:
         _print_json({"path": str(bundle.path), **bundle.manifest.to_dict()})

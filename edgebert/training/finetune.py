@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,24 +40,10 @@ class TrainConfig:
 
 def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; save the best epoch (by dev accuracy) at ``out``."""
-    require("torch", "train")
-    require("transformers", "train")
-    import torch
-    import transformers
+    train_examples, dev_examples, names = prepare(out, config)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if Path(config.data).resolve() == Path(config.eval_data).resolve():
-        raise DataError("--data and --eval are the same file: evaluate on held-out data")
-    out = Path(out)
-    if out.exists() and not config.force:
-        raise ModelError(f"'{out}' already exists: choose another --out or pass --force to replace it")
     checkpoint = resolve(config.model)
-    train_examples, dev_examples = read_examples(config.data), read_examples(config.eval_data)
-    names = label_names(train_examples.labels or [])
-    if len(names) < 2:
-        raise DataError(f"'{config.data}' has {len(names)} distinct label(s): a classifier needs at least 2")
-    _seed(config.seed)
-    transformers.logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     model = AutoModelForSequenceClassification.from_pretrained(
         checkpoint.path,
@@ -65,25 +52,61 @@ def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
         label2id={n: i for i, n in enumerate(names)},
         ignore_mismatched_sizes=True,
     )
-    train_set = _encode(tokenizer, train_examples, names, config.max_length)
-    dev_set = _encode(tokenizer, dev_examples, names, config.max_length)
+    train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
+    dev_set = encode_examples(tokenizer, dev_examples, names, config.max_length)
+    result = fit(model, tokenizer, train_set, dev_set, config, lambda inputs: model(**inputs).loss)
+    summary = {**result, "labels": list(names), "base": checkpoint.name, "config": asdict(config)}
+    save(out, model, tokenizer, summary, config.force)
+    return summary
+
+
+def prepare(out: str | Path, config: Any) -> tuple[Examples, Examples, tuple[str, ...]]:
+    """Check a training run's files and output, seed it, and read its labeled data."""
+    require("torch", "train")
+    require("transformers", "train")
+    import transformers
+
+    if Path(config.data).resolve() == Path(config.eval_data).resolve():
+        raise DataError("--data and --eval are the same file: evaluate on held-out data")
+    if Path(out).exists() and not config.force:
+        raise ModelError(f"'{out}' already exists: choose another --out or pass --force to replace it")
+    train_examples, dev_examples = read_examples(config.data), read_examples(config.eval_data)
+    names = label_names(train_examples.labels or [])
+    if len(names) < 2:
+        raise DataError(f"'{config.data}' has {len(names)} distinct label(s): a classifier needs at least 2")
+    _seed(config.seed)
+    transformers.logging.set_verbosity_error()
+    return train_examples, dev_examples, names
+
+
+def fit(
+    model: Any,
+    tokenizer: Any,
+    train_set: list[dict[str, Any]],
+    dev_set: list[dict[str, Any]],
+    config: Any,
+    loss_of: Callable[[dict[str, Any]], Any],
+) -> dict[str, Any]:
+    """The training loop: AdamW, linear warm-up and decay, length-bucketed batches, evaluation each
+    epoch; leaves the best epoch's weights in ``model`` and returns its figures."""
+    import torch
+    import transformers
+    from tqdm.auto import tqdm
+
     batches_per_epoch = -(-len(train_set) // config.batch_size)
     total = min(config.max_steps or batches_per_epoch * config.epochs, batches_per_epoch * config.epochs)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = transformers.get_linear_schedule_with_warmup(
         optimizer, int(total * config.warmup_ratio), total
     )
-
-    steps, best, history, started, seen = 0, None, [], time.perf_counter(), 0
+    steps, best, history, started, seen = 0, {"dev_accuracy": -1.0, "epoch": 0}, [], time.perf_counter(), 0
+    best_state: dict[str, Any] = {}
     for epoch in range(1, config.epochs + 1):
         model.train()
-        from tqdm.auto import tqdm
-
         batches = _bucketed(train_set, config.batch_size, random.Random(config.seed + epoch))
         bar = tqdm(batches[: total - steps], desc=f"epoch {epoch}", unit="batch", leave=False, disable=None)
         for batch in bar:
-            inputs = _collate(tokenizer, batch)
-            loss = model(**inputs).loss
+            loss = loss_of(collate(tokenizer, batch))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -97,29 +120,29 @@ def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
         accuracy = evaluate(model, tokenizer, dev_set)
         history.append({"epoch": epoch, "steps": steps, "dev_accuracy": accuracy})
         log.info("epoch %d: dev accuracy %.4f after %d steps", epoch, accuracy, steps)
-        if best is None or accuracy > best["dev_accuracy"]:
+        if accuracy > best["dev_accuracy"]:
             best = {"epoch": epoch, "dev_accuracy": accuracy}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if steps >= total:
             break
     seconds = time.perf_counter() - started
     model.load_state_dict(best_state)
-    summary = {
-        "dev_accuracy": best["dev_accuracy"] if best else None,
-        "best_epoch": best["epoch"] if best else None,
+    return {
+        "dev_accuracy": best["dev_accuracy"],
+        "best_epoch": best["epoch"],
         "steps": steps,
         "train_seconds": round(seconds, 1),
         "samples_per_s": round(seen / seconds, 1),
-        "labels": list(names),
-        "base": checkpoint.name,
         "history": history,
-        "config": asdict(config),
     }
-    with staging(out, replace=config.force, marker="config.json") as stage:
+
+
+def save(out: str | Path, model: Any, tokenizer: Any, summary: dict[str, Any], force: bool) -> None:
+    """A safetensors checkpoint with its tokenizer and ``training_summary.json``, written atomically."""
+    with staging(Path(out), replace=force, marker="config.json") as stage:
         model.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
         write_json(stage / "training_summary.json", summary)
-    return summary
 
 
 def evaluate(model: Any, tokenizer: Any, dataset: list[dict[str, Any]], batch_size: int = 64) -> float:
@@ -130,13 +153,13 @@ def evaluate(model: Any, tokenizer: Any, dataset: list[dict[str, Any]], batch_si
     ordered = sorted(dataset, key=lambda row: len(row["input_ids"]))
     with torch.no_grad():
         for start in range(0, len(ordered), batch_size):
-            inputs = _collate(tokenizer, ordered[start : start + batch_size])
+            inputs = collate(tokenizer, ordered[start : start + batch_size])
             labels = inputs.pop("labels")
             correct += int((model(**inputs).logits.argmax(-1) == labels).sum())
     return correct / max(len(dataset), 1)
 
 
-def _encode(
+def encode_examples(
     tokenizer: Any, examples: Examples, names: tuple[str, ...], max_length: int
 ) -> list[dict[str, Any]]:
     labels = encode_labels(examples, names)
@@ -165,7 +188,7 @@ def _bucketed(
     return batches
 
 
-def _collate(tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(tokenizer.pad(rows, return_tensors="pt"))
 
 

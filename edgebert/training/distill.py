@@ -1,0 +1,159 @@
+"""Knowledge distillation: a smaller student learns a fine-tuned teacher's soft predictions
+(softmax at a temperature) together with the hard labels, as DistilBERT did. The student starts from
+the teacher's own layers (every other one for half the depth) or from any checkpoint, whose
+tokenizer may differ from the teacher's: each tokenizes the same text."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgebert.errors import ModelError
+from edgebert.models import resolve
+from edgebert.training.finetune import encode_examples, fit, prepare, save
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``student_layers``: keep that many of the teacher's layers (evenly spaced, the first included);
+    or ``student``: a checkpoint to start from. The loss is ``alpha`` x T^2 x KL(teacher || student)
+    at ``temperature`` T plus (1 - ``alpha``) x cross-entropy with the labels."""
+
+    teacher: str
+    data: str
+    eval_data: str
+    student_layers: int | None = None
+    student: str | None = None
+    temperature: float = 2.0
+    alpha: float = 0.5
+    epochs: int = 1
+    max_steps: int | None = None
+    max_length: int = 64
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    seed: int = 0
+    force: bool = False
+
+
+def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
+    """Distil ``config.teacher`` into a student trained on ``config.data``; save it at ``out``."""
+    train_examples, dev_examples, names = prepare(out, config)
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher_checkpoint = resolve(config.teacher)
+    names = _teacher_labels(teacher_checkpoint.labels, names)
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_checkpoint.path).eval()
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_checkpoint.path)
+    student, tokenizer, origin = _student(teacher, teacher_tokenizer, config, names)
+    soft = _logits(teacher, teacher_tokenizer, train_examples.texts, config.max_length)
+    train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
+    for row, logits in zip(train_set, soft.tolist(), strict=True):
+        row["teacher_logits"] = logits
+    dev_set = encode_examples(tokenizer, dev_examples, names, config.max_length)
+    t = config.temperature
+
+    def loss_of(inputs: dict[str, Any]) -> Any:
+        teacher_logits = inputs.pop("teacher_logits")
+        out = student(**inputs)
+        kl = F.kl_div(
+            F.log_softmax(out.logits / t, -1),
+            F.log_softmax(teacher_logits / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return config.alpha * t * t * kl + (1 - config.alpha) * out.loss
+
+    with torch.no_grad():
+        teacher_accuracy = _accuracy(
+            teacher, teacher_tokenizer, dev_examples.texts, dev_set, config.max_length
+        )
+    result = fit(student, tokenizer, train_set, dev_set, config, loss_of)
+    summary = {
+        **result,
+        "teacher_dev_accuracy": teacher_accuracy,
+        "kept_of_teacher": result["dev_accuracy"] / teacher_accuracy if teacher_accuracy else None,
+        "student": origin,
+        "labels": list(names),
+        "config": asdict(config),
+    }
+    save(out, student, tokenizer, summary, config.force)
+    return summary
+
+
+def _teacher_labels(teacher: tuple[str, ...], data: tuple[str, ...]) -> tuple[str, ...]:
+    """The student learns the teacher's labels; the data's labels must be among them (by name, or
+    by integer index as SST-2's 0/1 are)."""
+    by_index = all(n.isdigit() and int(n) < len(teacher) for n in data)
+    if not teacher or not (set(data) <= set(teacher) or by_index):
+        raise ModelError(
+            f"the teacher must be a classifier over the labels of --data ({', '.join(data)}); "
+            f"it has {', '.join(teacher) or 'no classification head'}"
+        )
+    return teacher
+
+
+def _student(
+    teacher: Any, teacher_tokenizer: Any, config: DistillConfig, names: tuple[str, ...]
+) -> tuple[Any, Any, dict]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if config.student is not None:
+        checkpoint = resolve(config.student)
+        student = AutoModelForSequenceClassification.from_pretrained(
+            checkpoint.path,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+            ignore_mismatched_sizes=True,
+        )
+        return student, AutoTokenizer.from_pretrained(checkpoint.path), {"from": checkpoint.name}
+    depth = teacher.config.num_hidden_layers
+    layers = config.student_layers or max(1, depth // 2)
+    if not 1 <= layers <= depth:
+        raise ModelError(f"--student-layers {layers} must be 1..{depth} (the teacher's depth)")
+    kept = [i * depth // layers for i in range(layers)]
+    student = copy.deepcopy(teacher)
+    encoder = student.bert.encoder
+    encoder.layer = type(encoder.layer)([encoder.layer[i] for i in kept])
+    student.config.num_hidden_layers = layers
+    return student, teacher_tokenizer, {"from": "teacher layers", "layers": kept}
+
+
+def _logits(model: Any, tokenizer: Any, texts: list[Any], max_length: int, batch_size: int = 64) -> Any:
+    import torch
+
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            if batch and isinstance(batch[0], tuple):
+                firsts, seconds = zip(*batch, strict=True)
+                inputs = tokenizer(
+                    list(firsts),
+                    list(seconds),
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+            else:
+                inputs = tokenizer(
+                    list(batch), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                )
+            outputs.append(model(**inputs).logits)
+    return torch.cat(outputs)
+
+
+def _accuracy(model: Any, tokenizer: Any, texts: list[Any], dev_set: list[dict], max_length: int) -> float:
+    logits = _logits(model, tokenizer, texts, max_length)
+    labels = [row["labels"] for row in dev_set]
+    return float(
+        sum(int(p == y) for p, y in zip(logits.argmax(-1).tolist(), labels, strict=True))
+        / max(len(labels), 1)
+    )

@@ -1,0 +1,113 @@
+"""Distillation on a tiny task: the student follows the teacher's soft predictions more closely
+than the same student trained on the hard labels alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgebert.cli import main
+from edgebert.training import DistillConfig, TrainConfig, distill, train
+
+
+@pytest.fixture(scope="module")
+def teacher(
+    tiny_classifier: Path, sentiment_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    train_file, dev_file = map(str, sentiment_files)
+    summary = train(
+        out,
+        TrainConfig(
+            data=train_file, eval_data=dev_file, model=str(tiny_classifier), epochs=3, batch_size=16, lr=3e-3
+        ),
+    )
+    assert summary["dev_accuracy"] > 0.9
+    return out
+
+
+def _kl_to_teacher(teacher: Path, student: Path, texts: list[str]) -> float:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        p = AutoModelForSequenceClassification.from_pretrained(teacher).eval()(**batch).logits.log_softmax(-1)
+        q = AutoModelForSequenceClassification.from_pretrained(student).eval()(**batch).logits.log_softmax(-1)
+    return float(torch.nn.functional.kl_div(q, p, reduction="batchmean", log_target=True))
+
+
+def test_soft_targets_reach_the_teacher_better_than_labels(
+    teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from conftest import sentiment_rows
+
+    train_file, dev_file = map(str, sentiment_files)
+    common = {
+        "teacher": str(teacher),
+        "data": train_file,
+        "eval_data": dev_file,
+        "student_layers": 1,
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "temperature": 2.0,
+    }
+    soft = distill(tmp_path / "soft", DistillConfig(**common, alpha=0.9))
+    hard = distill(tmp_path / "hard", DistillConfig(**common, alpha=0.0))
+    texts = [t for t, _ in sentiment_rows(128, 9)]
+    assert _kl_to_teacher(teacher, tmp_path / "soft", texts) < _kl_to_teacher(
+        teacher, tmp_path / "hard", texts
+    )
+    assert soft["student"] == {"from": "teacher layers", "layers": [0]}
+    config = json.loads((tmp_path / "soft" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["id2label"] == {"0": "negative", "1": "positive"}
+    assert hard["kept_of_teacher"] >= 0.0
+
+
+def test_distill_command_and_export(
+    teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train_file, dev_file = map(str, sentiment_files)
+    result = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "--teacher",
+            str(teacher),
+            "--data",
+            train_file,
+            "--eval",
+            dev_file,
+            "--max-steps",
+            "4",
+            "--out",
+            str(tmp_path / "s"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["steps"] == 4
+    exported = CliRunner().invoke(main, ["export", "-m", str(tmp_path / "s"), "-o", str(tmp_path / "b")])
+    assert exported.exit_code == 0, exported.stderr
+    wrong = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "--teacher",
+            str(teacher),
+            "--data",
+            train_file,
+            "--eval",
+            dev_file,
+            "--student-layers",
+            "9",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert wrong.exit_code == 1 and "must be 1..2" in wrong.stderr
