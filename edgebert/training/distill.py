@@ -126,28 +126,23 @@ def _student(
 
 
 def _logits(model: Any, tokenizer: Any, texts: list[Any], max_length: int, batch_size: int = 64) -> Any:
+    """The model's logits for ``texts`` (sentences or pairs), in order; batched by length."""
     import torch
 
-    outputs = []
+    order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
+    outputs = torch.empty(0)
     with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            if batch and isinstance(batch[0], tuple):
-                firsts, seconds = zip(*batch, strict=True)
-                inputs = tokenizer(
-                    list(firsts),
-                    list(seconds),
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-            else:
-                inputs = tokenizer(
-                    list(batch), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-                )
-            outputs.append(model(**inputs).logits)
-    return torch.cat(outputs)
+        for start in range(0, len(order), batch_size):
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            columns = [list(c) for c in zip(*batch, strict=True)] if isinstance(batch[0], tuple) else [batch]
+            inputs = tokenizer(
+                *columns, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            logits = model(**inputs).logits
+            if not outputs.numel():
+                outputs = torch.empty(len(texts), logits.shape[-1])
+            outputs[order[start : start + batch_size]] = logits
+    return outputs
 
 
 def _accuracy(model: Any, tokenizer: Any, texts: list[Any], dev_set: list[dict], max_length: int) -> float:
