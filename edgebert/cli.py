@@ -1,4 +1,5 @@
-"""The ``edgebert`` command: parse, call a verb, print. The only place errors become exit codes.
+"""The ``edgebert`` command: parse, call a verb, print. With ``cli_common`` (shared options, the
+error path) and ``cli_training`` (train, pretrain, distill), the only place errors become exit codes.
 
 Exit codes: 0 success, 1 an error edgebert explains in one line, 2 a usage error.
 People read tables on stdout; ``--json`` prints one JSON object on stdout instead, and progress
@@ -7,62 +8,28 @@ and logs go to stderr either way.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.logging import RichHandler
 
 from edgebert import __version__
-from edgebert.errors import EdgebertError
+from edgebert.cli_common import (
+    BUNDLE,
+    CALIBRATION_DATA,
+    DEFAULT_BUNDLE,
+    JSON,
+    console,
+    errors,
+    explained,
+    ints,
+    print_json,
+)
+from edgebert.cli_training import distill, pretrain, train
 from edgebert.tables import bundle_table, predictions_table
-
-console = Console()
-errors = Console(stderr=True)
-DEFAULT_BUNDLE = "bundle"
-
-
-def _explained(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn edgebert's errors into one line and exit code 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except EdgebertError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers (e.g. 1,8)") from None
-    return values
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-BUNDLE = click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
-JSON = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table."
-)
-CALIBRATION_DATA = click.option(
-    "--calibration-data",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Text file (labels ignored; 1024 lines drawn with seed 0) that guides which layers INT8 keeps in "
-    "float. Default: the built-in sentences. Never your evaluation file.",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,7 +91,7 @@ def main(quiet: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @CALIBRATION_DATA
 @JSON
-@_explained
+@explained
 def export(
     model: str | None,
     task: str | None,
@@ -159,7 +126,7 @@ def export(
 @BUNDLE
 @CALIBRATION_DATA
 @JSON
-@_explained
+@explained
 def quantize(bundle: Path, calibration_data: str | None, as_json: bool) -> None:
     """Add a dynamic INT8 model to an existing BUNDLE, validated against its fp32 model."""
     from edgebert.quantizer import QuantizeConfig
@@ -217,7 +184,7 @@ def quantize(bundle: Path, calibration_data: str | None, as_json: bool) -> None:
 )
 @click.option("--no-save", is_flag=True, help="Do not write the report to BUNDLE/reports/.")
 @JSON
-@_explained
+@explained
 def bench(
     bundle: Path,
     device: str,
@@ -239,8 +206,8 @@ def bench(
 
     config = BenchConfig(
         device=device,
-        batch_sizes=_ints(batch_sizes),
-        seq_lens=_ints(seq_lens),
+        batch_sizes=ints(batch_sizes),
+        seq_lens=ints(seq_lens),
         precisions=tuple(precisions.split(",")) if precisions else None,
         data=data,
         threads=threads,
@@ -249,7 +216,7 @@ def bench(
     )
     report = run_bench(str(bundle), config)
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         console.print(render(report))
         if "saved_to" in report:
@@ -262,7 +229,7 @@ def bench(
 @click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
 @click.option("--pair", is_flag=True, help="Read TEXTS two at a time as (text, text_pair) sentence pairs.")
 @JSON
-@_explained
+@explained
 def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: bool, as_json: bool) -> None:
     """Predict TEXTS with BUNDLE (one text per line on stdin when no TEXTS are given)."""
     from edgebert.runtime import Predictor
@@ -278,7 +245,7 @@ def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: b
     predictor = Predictor(bundle, precision=precision)
     results = predictor.predict(items)
     if as_json:
-        _print_json([{"text": t, **r.to_dict()} for t, r in zip(items, results, strict=True)])
+        print_json([{"text": t, **r.to_dict()} for t, r in zip(items, results, strict=True)])
         return
     console.print(predictions_table(predictor, items, results))
     if any(r.truncated for r in results):
@@ -295,7 +262,7 @@ def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: b
 @click.option("--per-thread", is_flag=True, help="One Predictor per thread instead of one shared Predictor.")
 @click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
 @JSON
-@_explained
+@explained
 def soak(
     bundle: Path, threads: int, seconds: float, per_thread: bool, precision: str | None, as_json: bool
 ) -> None:
@@ -309,7 +276,7 @@ def soak(
     config = SoakConfig(threads=threads, seconds=seconds, shared=not per_thread, precision=precision)
     result = run_soak(bundle, config)
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         console.print(
             f"{result['requests']} requests from {threads} threads in {seconds:g} s "
@@ -325,7 +292,7 @@ def soak(
 @main.command()
 @BUNDLE
 @JSON
-@_explained
+@explained
 def info(bundle: Path, as_json: bool) -> None:
     """Show what BUNDLE holds, how each model was made and how it was validated (checksums verified)."""
     from edgebert.bundle import Bundle
@@ -333,193 +300,15 @@ def info(bundle: Path, as_json: bool) -> None:
     _show_bundle(Bundle.load(bundle), as_json)
 
 
-@main.command()
-@click.option(
-    "--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labeled training file."
-)
-@click.option(
-    "--eval",
-    "eval_data",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Labeled dev file, evaluated each epoch.",
-)
-@click.option("--model", "-m", help="Base checkpoint directory. Default: all-MiniLM-L6-v2.")
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="model",
-    show_default=True,
-    help="Checkpoint directory to write.",
-)
-@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
-@click.option(
-    "--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps (short runs)."
-)
-@click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
-@JSON
-@_explained
-def train(
-    data: str,
-    eval_data: str,
-    model: str | None,
-    out: Path,
-    epochs: int,
-    max_steps: int | None,
-    max_length: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    force: bool,
-    as_json: bool,
-) -> None:
-    """Fine-tune a BERT for text classification (sentences or sentence pairs) on a labeled file."""
-    from edgebert.training import TrainConfig
-    from edgebert.training import train as run_train
-
-    config = TrainConfig(
-        data=data,
-        eval_data=eval_data,
-        model=model,
-        epochs=epochs,
-        max_steps=max_steps,
-        max_length=max_length,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        force=force,
-    )
-    summary = run_train(out, config)
-    if as_json:
-        _print_json(summary)
-        return
-    console.print(
-        f"fine-tuned → {out}: dev accuracy {summary['dev_accuracy']:.4f} (epoch {summary['best_epoch']}), "
-        f"{summary['steps']} steps in {summary['train_seconds']} s ({summary['samples_per_s']} samples/s)"
-    )
-
-
-@main.command()
-@click.option(
-    "--corpus",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Plain text: one sentence or paragraph a line, blank lines between documents.",
-)
-@click.option(
-    "--config",
-    "preset",
-    type=click.Choice(["tiny", "mini", "small", "base"]),
-    default="tiny",
-    show_default=True,
-    help="Model size (layers/hidden/heads: 2/128/2, 4/256/4, 4/512/8, 12/768/12).",
-)
-@click.option("--layers", type=click.IntRange(1), help="Override the number of layers.")
-@click.option("--hidden", type=click.IntRange(8), help="Override the hidden size.")
-@click.option("--heads", type=click.IntRange(1), help="Override the number of attention heads.")
-@click.option(
-    "--vocab",
-    type=click.Path(exists=True),
-    help="vocab.txt or a checkpoint directory; default: learn a WordPiece vocabulary from the corpus.",
-)
-@click.option("--vocab-size", type=click.IntRange(100), default=8000, show_default=True)
-@click.option("--max-steps", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--max-length", type=click.IntRange(16, 512), default=128, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Checkpoint directory to write.",
-)
-@click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
-@JSON
-@_explained
-def pretrain(out: Path, as_json: bool, **options: Any) -> None:
-    """Pretrain a BERT from scratch with masked-language modelling and next-sentence prediction."""
-    from edgebert.training import PretrainConfig
-    from edgebert.training import pretrain as run_pretrain
-
-    summary = run_pretrain(out, PretrainConfig(**options))
-    if as_json:
-        _print_json(summary)
-        return
-    console.print(
-        f"pretrained → {out}: held-out MLM accuracy {summary['mlm_accuracy']:.4f}, NSP accuracy "
-        f"{summary['nsp_accuracy']:.4f}; loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f} "
-        f"over {summary['steps']} steps in {summary['train_seconds']} s"
-    )
-
-
-@main.command()
-@click.option("--teacher", required=True, help="Fine-tuned classifier checkpoint directory.")
-@click.option(
-    "--data", required=True, type=click.Path(exists=True, dir_okay=False), help="Labeled training file."
-)
-@click.option(
-    "--eval",
-    "eval_data",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Labeled dev file.",
-)
-@click.option(
-    "--student-layers", type=click.IntRange(1), help="Keep this many of the teacher's layers (default: half)."
-)
-@click.option("--student", help="Start the student from this checkpoint instead (its tokenizer may differ).")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True)
-@click.option(
-    "--alpha",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Weight of the teacher's soft targets; the rest goes to the labels.",
-)
-@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
-@click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Checkpoint directory to write.",
-)
-@click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
-@JSON
-@_explained
-def distill(out: Path, as_json: bool, **options: Any) -> None:
-    """Distil a fine-tuned teacher into a smaller student (soft targets plus labels)."""
-    from edgebert.training import DistillConfig
-    from edgebert.training import distill as run_distill
-
-    summary = run_distill(out, DistillConfig(**options))
-    if as_json:
-        _print_json(summary)
-        return
-    console.print(
-        f"distilled → {out}: dev accuracy {summary['dev_accuracy']:.4f} vs the teacher's "
-        f"{summary['teacher_dev_accuracy']:.4f} ({summary['kept_of_teacher']:.1%} kept), "
-        f"{summary['steps']} steps in {summary['train_seconds']} s"
-    )
-
-
 def _show_bundle(bundle: Any, as_json: bool) -> None:
     if as_json:
-        _print_json({"path": str(bundle.path), **bundle.manifest.to_dict()})
+        print_json({"path": str(bundle.path), **bundle.manifest.to_dict()})
     else:
         console.print(bundle_table(bundle))
+
+
+for command in (train, pretrain, distill):
+    main.add_command(command)
 
 
 if __name__ == "__main__":

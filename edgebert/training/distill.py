@@ -12,31 +12,20 @@ from typing import Any
 
 from edgebert.errors import ModelError
 from edgebert.models import resolve
-from edgebert.training.finetune import encode_examples, fit, prepare, save
+from edgebert.training.finetune import Schedule, encode_examples, fit, prepare, save
 
 
-@dataclass(frozen=True)
-class DistillConfig:
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(Schedule):
     """``student_layers``: keep that many of the teacher's layers (evenly spaced, the first included);
     or ``student``: a checkpoint to start from. The loss is ``alpha`` x T^2 x KL(teacher || student)
     at ``temperature`` T plus (1 - ``alpha``) x cross-entropy with the labels."""
 
     teacher: str
-    data: str
-    eval_data: str
     student_layers: int | None = None
     student: str | None = None
     temperature: float = 2.0
     alpha: float = 0.5
-    epochs: int = 1
-    max_steps: int | None = None
-    max_length: int = 64
-    batch_size: int = 32
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    seed: int = 0
-    force: bool = False
 
 
 def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:

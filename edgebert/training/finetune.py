@@ -20,13 +20,13 @@ from edgebert.models import resolve
 log = logging.getLogger("edgebert")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """A fine-tuning run: AdamW with linear warm-up and decay, batches of similar lengths."""
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """How a supervised run trains: AdamW with linear warm-up and decay, batches of similar lengths,
+    evaluation on the dev file each epoch; ``data``/``eval_data`` are labeled files."""
 
     data: str
     eval_data: str
-    model: str | None = None
     epochs: int = 1
     max_steps: int | None = None
     max_length: int = 64
@@ -36,6 +36,13 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     seed: int = 0
     force: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Schedule):
+    """A fine-tuning run of ``model`` (None: the default pretrained BERT)."""
+
+    model: str | None = None
 
 
 def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
@@ -60,7 +67,7 @@ def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def prepare(out: str | Path, config: Any) -> tuple[Examples, Examples, tuple[str, ...]]:
+def prepare(out: str | Path, config: Schedule) -> tuple[Examples, Examples, tuple[str, ...]]:
     """Check a training run's files and output, seed it, and read its labeled data."""
     require("torch", "train")
     require("transformers", "train")
@@ -84,7 +91,7 @@ def fit(
     tokenizer: Any,
     train_set: list[dict[str, Any]],
     dev_set: list[dict[str, Any]],
-    config: Any,
+    config: Schedule,
     loss_of: Callable[[dict[str, Any]], Any],
 ) -> dict[str, Any]:
     """The training loop: AdamW, linear warm-up and decay, length-bucketed batches, evaluation each

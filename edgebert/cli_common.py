@@ -1,0 +1,78 @@
+"""What the ``edgebert`` commands share: the consoles, the one error path, common options."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from edgebert.errors import EdgebertError
+
+console = Console()
+errors = Console(stderr=True)
+DEFAULT_BUNDLE = "bundle"
+
+
+def explained(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn edgebert's errors into one line and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EdgebertError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers (e.g. 1,8)") from None
+    return values
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+BUNDLE = click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
+JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table."
+)
+CALIBRATION_DATA = click.option(
+    "--calibration-data",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Text file (labels ignored; 1024 lines drawn with seed 0) that guides which layers INT8 keeps in "
+    "float. Default: the built-in sentences. Never your evaluation file.",
+)
+
+
+def schedule_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every supervised training command shares (``training.finetune.Schedule``)."""
+    path = click.Path(exists=True, dir_okay=False)
+    options = [
+        click.option("--data", required=True, type=path, help="Labeled training file."),
+        click.option(
+            "--eval", "eval_data", required=True, type=path, help="Labeled dev file, evaluated each epoch."
+        ),
+        click.option("--epochs", type=click.IntRange(1), default=1, show_default=True),
+        click.option(
+            "--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps (short runs)."
+        ),
+        click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
