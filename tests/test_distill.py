@@ -111,3 +111,22 @@ def test_distill_command_and_export(
         ],
     )
     assert wrong.exit_code == 1 and "must be 1..2" in wrong.stderr
+
+
+def test_student_from_another_checkpoint(
+    teacher: Path, tiny_embedder: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train_file, dev_file = map(str, sentiment_files)
+    config = DistillConfig(
+        teacher=str(teacher),
+        data=train_file,
+        eval_data=dev_file,
+        student=str(tiny_embedder),
+        max_steps=2,
+        batch_size=8,
+    )
+    summary = distill(tmp_path / "s", config)
+    assert summary["student"] == {"from": "tiny-embed"} and summary["steps"] == 2
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["architectures"] == [
+        "BertForSequenceClassification"
+    ]

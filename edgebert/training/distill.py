@@ -12,7 +12,7 @@ from typing import Any
 
 from edgebert.errors import ModelError
 from edgebert.models import resolve
-from edgebert.training.finetune import Schedule, encode_examples, fit, prepare, save
+from edgebert.training.finetune import Schedule, encode_examples, fit, load_classifier, prepare, save
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,18 +90,10 @@ def _teacher_labels(teacher: tuple[str, ...], data: tuple[str, ...]) -> tuple[st
 def _student(
     teacher: Any, teacher_tokenizer: Any, config: DistillConfig, names: tuple[str, ...]
 ) -> tuple[Any, Any, dict]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     if config.student is not None:
         checkpoint = resolve(config.student)
-        student = AutoModelForSequenceClassification.from_pretrained(
-            checkpoint.path,
-            num_labels=len(names),
-            id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)},
-            ignore_mismatched_sizes=True,
-        )
-        return student, AutoTokenizer.from_pretrained(checkpoint.path), {"from": checkpoint.name}
+        student, tokenizer = load_classifier(checkpoint.path, names)
+        return student, tokenizer, {"from": checkpoint.name}
     depth = teacher.config.num_hidden_layers
     layers = config.student_layers or max(1, depth // 2)
     if not 1 <= layers <= depth:

@@ -48,23 +48,29 @@ class TrainConfig(Schedule):
 def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; save the best epoch (by dev accuracy) at ``out``."""
     train_examples, dev_examples, names = prepare(out, config)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     checkpoint = resolve(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        checkpoint.path,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-        ignore_mismatched_sizes=True,
-    )
+    model, tokenizer = load_classifier(checkpoint.path, names)
     train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
     dev_set = encode_examples(tokenizer, dev_examples, names, config.max_length)
     result = fit(model, tokenizer, train_set, dev_set, config, lambda inputs: model(**inputs).loss)
     summary = {**result, "labels": list(names), "base": checkpoint.name, "config": asdict(config)}
     save(out, model, tokenizer, summary, config.force)
     return summary
+
+
+def load_classifier(path: Path, names: tuple[str, ...]) -> tuple[Any, Any]:
+    """A sequence classifier over ``names`` from the checkpoint at ``path`` (a new head if its own
+    differs), and the checkpoint's tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        ignore_mismatched_sizes=True,
+    )
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def prepare(out: str | Path, config: Schedule) -> tuple[Examples, Examples, tuple[str, ...]]:
