@@ -24,6 +24,10 @@ _LAZY = {
     "BenchConfig": ("edgebert.benchmarks", "BenchConfig"),
     "train": ("edgebert.training", "train"),
     "TrainConfig": ("edgebert.training", "TrainConfig"),
+    "pretrain": ("edgebert.training", "pretrain"),
+    "PretrainConfig": ("edgebert.training", "PretrainConfig"),
+    "distill": ("edgebert.training", "distill"),
+    "DistillConfig": ("edgebert.training", "DistillConfig"),
     "load": ("edgebert.runtime", "Predictor"),
 }
 
