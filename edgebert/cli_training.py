@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +11,24 @@ import click
 from edgebert.cli_common import JSON, console, explained, print_json, schedule_options
 
 
+def checkpoint_out(**settings: Any) -> Callable[..., Any]:
+    """The ``--out`` option of a training command: the checkpoint directory it writes."""
+    kind = click.Path(file_okay=False, path_type=Path)
+    return click.option("--out", "-o", type=kind, help="Checkpoint directory to write.", **settings)
+
+
+def report(summary: dict[str, Any], as_json: bool, line: Callable[[], str]) -> None:
+    """The run's summary as JSON, or one line for people."""
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(line())
+
+
 @click.command()
 @schedule_options
 @click.option("--model", "-m", help="Base checkpoint directory. Default: all-MiniLM-L6-v2.")
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="model",
-    show_default=True,
-    help="Checkpoint directory to write.",
-)
+@checkpoint_out(default="model", show_default=True)
 @JSON
 @explained
 def train(out: Path, as_json: bool, **options: Any) -> None:
@@ -29,12 +37,14 @@ def train(out: Path, as_json: bool, **options: Any) -> None:
     from edgebert.training import train as run_train
 
     summary = run_train(out, TrainConfig(**options))
-    if as_json:
-        print_json(summary)
-        return
-    console.print(
-        f"fine-tuned → {out}: dev accuracy {summary['dev_accuracy']:.4f} (epoch {summary['best_epoch']}), "
-        f"{summary['steps']} steps in {summary['train_seconds']} s ({summary['samples_per_s']} samples/s)"
+    report(
+        summary,
+        as_json,
+        lambda: (
+            f"fine-tuned → {out}: dev accuracy {summary['dev_accuracy']:.4f} "
+            f"(epoch {summary['best_epoch']}), "
+            f"{summary['steps']} steps in {summary['train_seconds']} s ({summary['samples_per_s']} samples/s)"
+        ),
     )
 
 
@@ -67,13 +77,7 @@ def train(out: Path, as_json: bool, **options: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Checkpoint directory to write.",
-)
+@checkpoint_out(required=True)
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
 @JSON
 @explained
@@ -83,13 +87,14 @@ def pretrain(out: Path, as_json: bool, **options: Any) -> None:
     from edgebert.training import pretrain as run_pretrain
 
     summary = run_pretrain(out, PretrainConfig(**options))
-    if as_json:
-        print_json(summary)
-        return
-    console.print(
-        f"pretrained → {out}: held-out MLM accuracy {summary['mlm_accuracy']:.4f}, NSP accuracy "
-        f"{summary['nsp_accuracy']:.4f}; loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f} "
-        f"over {summary['steps']} steps in {summary['train_seconds']} s"
+    report(
+        summary,
+        as_json,
+        lambda: (
+            f"pretrained → {out}: held-out MLM accuracy {summary['mlm_accuracy']:.4f}, NSP accuracy "
+            f"{summary['nsp_accuracy']:.4f}; loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f} "
+            f"over {summary['steps']} steps in {summary['train_seconds']} s"
+        ),
     )
 
 
@@ -108,13 +113,7 @@ def pretrain(out: Path, as_json: bool, **options: Any) -> None:
     show_default=True,
     help="Weight of the teacher's soft targets; the rest goes to the labels.",
 )
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Checkpoint directory to write.",
-)
+@checkpoint_out(required=True)
 @JSON
 @explained
 def distill(out: Path, as_json: bool, **options: Any) -> None:
@@ -123,11 +122,12 @@ def distill(out: Path, as_json: bool, **options: Any) -> None:
     from edgebert.training import distill as run_distill
 
     summary = run_distill(out, DistillConfig(**options))
-    if as_json:
-        print_json(summary)
-        return
-    console.print(
-        f"distilled → {out}: dev accuracy {summary['dev_accuracy']:.4f} vs the teacher's "
-        f"{summary['teacher_dev_accuracy']:.4f} ({summary['kept_of_teacher']:.1%} kept), "
-        f"{summary['steps']} steps in {summary['train_seconds']} s"
+    report(
+        summary,
+        as_json,
+        lambda: (
+            f"distilled → {out}: dev accuracy {summary['dev_accuracy']:.4f} vs the teacher's "
+            f"{summary['teacher_dev_accuracy']:.4f} ({summary['kept_of_teacher']:.1%} kept), "
+            f"{summary['steps']} steps in {summary['train_seconds']} s"
+        ),
     )

@@ -73,43 +73,13 @@ def test_distill_command_and_export(
     teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     train_file, dev_file = map(str, sentiment_files)
-    result = CliRunner().invoke(
-        main,
-        [
-            "distill",
-            "--teacher",
-            str(teacher),
-            "--data",
-            train_file,
-            "--eval",
-            dev_file,
-            "--max-steps",
-            "4",
-            "--out",
-            str(tmp_path / "s"),
-            "--json",
-        ],
-    )
+    command = ["distill", "--teacher", str(teacher), "--data", train_file, "--eval", dev_file]
+    result = CliRunner().invoke(main, [*command, "--max-steps", "4", "--out", str(tmp_path / "s"), "--json"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 4
     exported = CliRunner().invoke(main, ["export", "-m", str(tmp_path / "s"), "-o", str(tmp_path / "b")])
     assert exported.exit_code == 0, exported.stderr
-    wrong = CliRunner().invoke(
-        main,
-        [
-            "distill",
-            "--teacher",
-            str(teacher),
-            "--data",
-            train_file,
-            "--eval",
-            dev_file,
-            "--student-layers",
-            "9",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-    )
+    wrong = CliRunner().invoke(main, [*command, "--student-layers", "9", "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 1 and "must be 1..2" in wrong.stderr
 
 
