@@ -19,9 +19,9 @@ from rich.logging import RichHandler
 from edgebert import __version__
 from edgebert.cli_common import (
     BUNDLE,
-    CALIBRATION_DATA,
     DEFAULT_BUNDLE,
     JSON,
+    calibration_options,
     console,
     errors,
     explained,
@@ -65,7 +65,7 @@ def main(quiet: bool) -> None:
     type=click.Choice(["none", "int8"]),
     default="none",
     show_default=True,
-    help="Also write a dynamic INT8 model (per-channel weights).",
+    help="Also write an INT8 model (per-channel weights; dynamic or static, see --calibration).",
 )
 @click.option(
     "--max-length",
@@ -89,7 +89,7 @@ def main(quiet: bool) -> None:
     help="Run ONNX Runtime's transformer optimizer offline (slower on our CPUs; see README).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-@CALIBRATION_DATA
+@calibration_options("dynamic")
 @JSON
 @explained
 def export(
@@ -101,7 +101,9 @@ def export(
     opset: int,
     fuse: bool,
     force: bool,
+    calibration: str,
     calibration_data: str | None,
+    calibration_samples: int,
     as_json: bool,
 ) -> None:
     """Export a BERT to a validated ONNX bundle (and INT8 with --quantize int8)."""
@@ -116,7 +118,9 @@ def export(
         opset=opset,
         fuse=fuse,
         force=force,
+        calibration=calibration,
         calibration_data=calibration_data,
+        calibration_samples=calibration_samples,
     )
     bundle = run_export(out, config)
     _show_bundle(bundle, as_json)
@@ -124,15 +128,40 @@ def export(
 
 @main.command()
 @BUNDLE
-@CALIBRATION_DATA
+@calibration_options("dynamic")
 @JSON
 @explained
-def quantize(bundle: Path, calibration_data: str | None, as_json: bool) -> None:
-    """Add a dynamic INT8 model to an existing BUNDLE, validated against its fp32 model."""
+def quantize(
+    bundle: Path, calibration: str, calibration_data: str | None, calibration_samples: int, as_json: bool
+) -> None:
+    """Add an INT8 model (dynamic unless --calibration says otherwise) to an existing BUNDLE,
+    validated against its fp32 model."""
+    _quantize(bundle, calibration, calibration_data, calibration_samples, as_json)
+
+
+@main.command()
+@BUNDLE
+@calibration_options("distill")
+@JSON
+@explained
+def calibrate(
+    bundle: Path, calibration: str, calibration_data: str | None, calibration_samples: int, as_json: bool
+) -> None:
+    """Calibrate a static INT8 model for BUNDLE on --calibration-data (distill: each activation range
+    chosen by how closely the INT8 outputs follow fp32's), replacing any INT8 model it has."""
+    _quantize(bundle, calibration, calibration_data, calibration_samples, as_json)
+
+
+def _quantize(
+    bundle: Path, calibration: str, calibration_data: str | None, calibration_samples: int, as_json: bool
+) -> None:
     from edgebert.quantizer import QuantizeConfig
     from edgebert.quantizer import quantize as run_quantize
 
-    _show_bundle(run_quantize(bundle, QuantizeConfig(calibration_data=calibration_data)), as_json)
+    config = QuantizeConfig(
+        method=calibration, calibration_data=calibration_data, calibration_samples=calibration_samples
+    )
+    _show_bundle(run_quantize(bundle, config), as_json)
 
 
 @main.command()

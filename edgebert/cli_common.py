@@ -50,9 +50,49 @@ JSON = click.option(
 CALIBRATION_DATA = click.option(
     "--calibration-data",
     type=click.Path(exists=True, dir_okay=False),
-    help="Text file (labels ignored; 1024 lines drawn with seed 0) that guides which layers INT8 keeps in "
-    "float. Default: the built-in sentences. Never your evaluation file.",
+    help="Text file (labels ignored) that INT8 is calibrated on: activation ranges, and which layers "
+    "stay in float. Default: the built-in sentences. Never your evaluation file.",
 )
+
+
+PRECISION = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Training precision: auto is bf16 (or fp16) mixed precision on a GPU, fp32 on a CPU.",
+)
+
+
+def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """How INT8 is calibrated: ``--calibration`` (``default``), ``--calibration-data``,
+    ``--calibration-samples``."""
+    options = [
+        click.option(
+            "--calibration",
+            type=click.Choice(["dynamic", "minmax", "percentile", "entropy", "distill"]),
+            default=default,
+            show_default=True,
+            help="dynamic: activation ranges computed at run time; minmax/percentile/entropy: static "
+            "QDQ INT8 with ranges measured on --calibration-data; distill: static, each range chosen "
+            "from those three by how closely the INT8 outputs follow fp32's.",
+        ),
+        CALIBRATION_DATA,
+        click.option(
+            "--calibration-samples",
+            type=click.IntRange(1),
+            default=1024,
+            show_default=True,
+            help="Texts drawn (seed 0) from --calibration-data.",
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def schedule_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,8 +110,26 @@ def schedule_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True),
+        click.option(
+            "--patience",
+            type=click.IntRange(1),
+            help="Early stopping: stop after this many epochs without a better dev accuracy.",
+        ),
+        PRECISION,
+        click.option(
+            "--save-every",
+            type=click.IntRange(1),
+            default=500,
+            show_default=True,
+            help="Steps between resumable saves to OUT.resume/ (also saved each epoch).",
+        ),
+        click.option(
+            "--resume", is_flag=True, help="Continue the interrupted run whose state is in OUT.resume/."
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out."),
+        click.option(
+            "--force", is_flag=True, help="Replace an existing checkpoint at --out (and any OUT.resume/)."
+        ),
     ]
     for option in reversed(options):
         command = option(command)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgebert.cli_common import JSON, console, explained, print_json, schedule_options
+from edgebert.cli_common import JSON, PRECISION, console, explained, print_json, schedule_options
 
 
 def checkpoint_out(**settings: Any) -> Callable[..., Any]:
@@ -18,7 +19,9 @@ def checkpoint_out(**settings: Any) -> Callable[..., Any]:
 
 
 def report(summary: dict[str, Any], as_json: bool, line: Callable[[], str]) -> None:
-    """The run's summary as JSON, or one line for people."""
+    """The run's summary as JSON, or one line for people; under torchrun, from the first process only."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if as_json:
         print_json(summary)
     else:
@@ -76,6 +79,7 @@ def train(out: Path, as_json: bool, **options: Any) -> None:
 @click.option("--max-length", type=click.IntRange(16, 512), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
+@PRECISION
 @click.option("--seed", type=int, default=0, show_default=True)
 @checkpoint_out(required=True)
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint at --out.")
@@ -112,6 +116,20 @@ def pretrain(out: Path, as_json: bool, **options: Any) -> None:
     default=0.5,
     show_default=True,
     help="Weight of the teacher's soft targets; the rest goes to the labels.",
+)
+@click.option(
+    "--hidden-weight",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Add hidden-state transfer (TinyBERT): MSE to the teacher's layer outputs, this weight.",
+)
+@click.option(
+    "--attention-weight",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Add attention transfer: MSE to the teacher's attention probabilities, this weight.",
 )
 @checkpoint_out(required=True)
 @JSON

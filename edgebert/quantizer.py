@@ -16,12 +16,21 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebert.atomic import staging
+from edgebert.atomic import staging, write_json
 from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, write_manifest
+from edgebert.calibration import (
+    STATIC_METHODS,
+    bounds,
+    collect_ranges,
+    quantize_static,
+    quiet_root_logger,
+)
+from edgebert.calibration.search import distill_ranges
 from edgebert.data import read_examples
 from edgebert.errors import DataError, EdgebertError, ValidationError, require
 from edgebert.fidelity import divergence, fidelity
@@ -29,6 +38,8 @@ from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
 
 INT8_FILE = "model.int8.onnx"
+CALIBRATION_FILE = "calibration.json"
+METHODS = ("dynamic", *STATIC_METHODS, "distill")
 _FFN_OUTPUT = re.compile(r"layer\.(\d+)/output/dense/MatMul")
 log = logging.getLogger("edgebert")
 
@@ -69,28 +80,63 @@ def quantize(bundle: str | Path, config: QuantizeConfig = QuantizeConfig()) -> B
 
 def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Manifest:
     """Quantize ``stage``'s fp32 model into ``stage``, validate it and return the updated manifest."""
-    if config.method != "dynamic":
-        raise EdgebertError(f"unknown quantization method '{config.method}': use 'dynamic'")
+    if config.method not in METHODS:
+        choices = ", ".join(METHODS)
+        raise EdgebertError(f"unknown quantization method '{config.method}': choose one of {choices}")
     require("onnx", "train")
     started = time.perf_counter()
     fp32_path = stage / manifest.artifacts["fp32"].file
     teacher = Predictor(Bundle(stage, manifest), precision="fp32")
     texts, measured_on = calibration_texts(config)
     reference, _ = teacher.outputs(texts)
-    search = _choose_float_nodes(fp32_path, teacher, texts, reference, config)
+    (stage / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier static model's
+    manifest = dataclasses.replace(
+        manifest, artifacts={k: v for k, v in manifest.artifacts.items() if k != "calibration"}
+    )
+    made_by: dict[str, Any]
+    if config.method == "dynamic":
+        made_by = {
+            "tool": "onnxruntime.quantization.quantize_dynamic",
+            "activations": "uint8, ranges computed at run time",
+        }
+
+        def build(target: Path, exclude: list[str]) -> None:
+            _quantize_dynamic(fp32_path, target, config, exclude)
+
+    else:
+        log.info("measuring activation ranges (%s) on %s", config.method, measured_on)
+        if config.method == "distill":
+            ranges, report = distill_ranges(fp32_path, teacher, texts, reference)
+        else:
+            ranges = collect_ranges(fp32_path, (teacher.encode([t])[0] for t in texts), config.method)
+            report = {"ranges": bounds(ranges)}
+        write_json(stage / CALIBRATION_FILE, {"method": config.method, "measured_on": measured_on, **report})
+        made_by = {
+            "tool": "onnxruntime.quantization.quantize_static (QDQ)",
+            "activations": f"uint8, ranges fixed by {config.method} calibration on {measured_on}",
+            "calibration_seconds": round(time.perf_counter() - started, 1),
+            **{k: v for k, v in report.items() if k not in ("ranges", "chosen")},
+        }
+
+        def build(target: Path, exclude: list[str]) -> None:
+            quantize_static(fp32_path, target, ranges, keep_float=exclude)
+
+    search = _choose_float_nodes(fp32_path, build, teacher, texts, reference, config)
     search["sensitivity"]["measured_on"] = measured_on
-    _quantize_dynamic(fp32_path, stage / INT8_FILE, config, search["kept_float"])
+    build(stage / INT8_FILE, search["kept_float"])
     made_by = {
-        "tool": "onnxruntime.quantization.quantize_dynamic",
-        "method": "dynamic",
+        **made_by,
+        "method": config.method,
         "weights": "int8 per-channel" if config.per_channel else "int8 per-tensor",
-        "activations": "uint8, ranges computed at run time",
         "reduce_range": config.reduce_range,
         **search,
         "seconds": round(time.perf_counter() - started, 1),
     }
     int8 = artifact(stage, INT8_FILE, precision="int8", parent="fp32", made_by=made_by)
     manifest = manifest.with_artifact("int8", int8)
+    if (stage / CALIBRATION_FILE).is_file():
+        calibration = artifact(stage, CALIBRATION_FILE, parent="int8", made_by={"method": config.method})
+        manifest = manifest.with_artifact("calibration", calibration)
     validation = validate_against_parent(Bundle(stage, manifest), "int8", config)
     return manifest.with_artifact("int8", dataclasses.replace(int8, validation=validation))
 
@@ -112,7 +158,12 @@ def _has_words(text: Any) -> bool:
 
 
 def _choose_float_nodes(
-    fp32: Path, teacher: Predictor, texts: list[Any], reference: Any, config: QuantizeConfig
+    fp32: Path,
+    build: Callable[[Path, list[str]], None],
+    teacher: Predictor,
+    texts: list[Any],
+    reference: Any,
+    config: QuantizeConfig,
 ) -> dict[str, Any]:
     """Quantize once per FFN-output MatMul with that node left in float; keep the ``keep_float`` whose
     exclusion brings the INT8 outputs closest to fp32 (KL of the logits, or cosine distance)."""
@@ -129,9 +180,10 @@ def _choose_float_nodes(
     with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
         probe = Path(tmp) / "probe.onnx"
         scores = {}
+        batch = 1 if config.method == "dynamic" else None  # as the Predictor runs it
         for node in [None, *candidates]:
-            _quantize_dynamic(fp32, probe, config, [node] if node else [])
-            outputs, _ = teacher.with_model(probe).outputs(texts, batch_size=1)  # as the Predictor runs it
+            build(probe, [node] if node else [])
+            outputs, _ = teacher.with_model(probe).outputs(texts, batch_size=batch)
             scores[node or "none"] = divergence(teacher.task, reference, outputs)
     ranked = sorted(candidates, key=lambda n: scores[n])[: config.keep_float]
     return {
@@ -143,10 +195,7 @@ def _choose_float_nodes(
 def _quantize_dynamic(source: Path, target: Path, config: QuantizeConfig, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint at WARNING on the root logger
-    try:
+    with quiet_root_logger():
         quantize_dynamic(
             source,
             target,
@@ -157,8 +206,6 @@ def _quantize_dynamic(source: Path, target: Path, config: QuantizeConfig, exclud
             # the transformer optimizer's fused graph needs a default type for its contrib ops' weights
             extra_options={"DefaultTensorType": 1},
         )
-    finally:
-        root.setLevel(level)
 
 
 def validate_against_parent(bundle: Bundle, name: str, config: QuantizeConfig) -> dict[str, Any]:

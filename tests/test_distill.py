@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from edgebert.cli import main
+from edgebert.errors import ModelError
 from edgebert.training import DistillConfig, TrainConfig, distill, train
 
 
@@ -100,3 +101,39 @@ def test_student_from_another_checkpoint(
     assert json.loads((tmp_path / "s" / "config.json").read_text())["architectures"] == [
         "BertForSequenceClassification"
     ]
+
+
+def _hidden_gap(teacher: Path, student: Path, texts: list[str]) -> float:
+    """MSE between the student's last layer output and the teacher's (a 1-layer student learns
+    from the teacher's layer 2)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(teacher)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = AutoModel.from_pretrained(student).eval()(**batch).last_hidden_state
+        theirs = AutoModel.from_pretrained(teacher).eval()(**batch).last_hidden_state
+    return float(torch.nn.functional.mse_loss(ours, theirs))
+
+
+def test_hidden_state_and_attention_transfer(
+    teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from conftest import sentiment_rows
+
+    train_file, dev_file = map(str, sentiment_files)
+    common = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file, "student_layers": 1}
+    settings = {**common, "epochs": 2, "batch_size": 16, "lr": 1e-3}
+    plain = distill(tmp_path / "plain", DistillConfig(**settings))
+    transfer = distill(tmp_path / "t", DistillConfig(**settings, hidden_weight=1.0, attention_weight=1.0))
+    texts = [t for t, _ in sentiment_rows(64, 11)]
+    assert _hidden_gap(teacher, tmp_path / "t", texts) < _hidden_gap(teacher, tmp_path / "plain", texts)
+    assert transfer["steps"] == plain["steps"]
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    narrow = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    BertForSequenceClassification(narrow).save_pretrained(tmp_path / "narrow")
+    tokenizer.save_pretrained(tmp_path / "narrow")
+    other = {**common, "student_layers": None, "student": str(tmp_path / "narrow"), "max_steps": 1}
+    with pytest.raises(ModelError, match="transfer need a student with the teacher's tokenizer, hidden size"):
+        distill(tmp_path / "x", DistillConfig(**other, hidden_weight=1.0))

@@ -110,7 +110,11 @@ def test_killed_training_leaves_no_half_checkpoint(
         str(out),
     ]
     kill_when([*command, "--epochs", "3", "--batch-size", "8"], tmp_path, moment)
-    left = settled(tmp_path, {"data", "model"})
-    assert left <= {"data", "model"}
+    left = settled(tmp_path, {"data", "model", "model.resume"})
+    assert left <= {"data", "model", "model.resume"}
     if "model" in left:
         assert {"config.json", "model.safetensors", "training_summary.json"} <= set(os.listdir(out))
+    if "model.resume" in left:  # what --resume continues from, complete
+        assert {"model.safetensors", "optimizer.safetensors", "state.json"} <= set(
+            os.listdir(f"{out}.resume")
+        )

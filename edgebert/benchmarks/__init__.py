@@ -62,7 +62,8 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
     shapes = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
     described = ", ".join(f"batch {b} x {s} tokens" for b, s in shapes)
     log.info("timing %s on %s, taking turns, at %s", ", ".join(precisions), config.device, described)
-    timed = measure_models(bundle.path, precisions, config.device, config.threads, shapes, config.timing)
+    subjects = {p: (bundle.path, p) for p in precisions}
+    timed = measure_models(subjects, config.device, config.threads, shapes, config.timing)
     results = []
     for precision in precisions:
         measured = timed[precision]

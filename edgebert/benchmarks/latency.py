@@ -33,24 +33,24 @@ class Timing:
 
 
 def measure_models(
-    bundle: Path,
-    precisions: tuple[str, ...],
+    models: dict[str, tuple[Path, str]],
     device: str,
     threads: int | None,
     shapes: list[tuple[int, int]],
     timing: Timing,
 ) -> dict[str, dict[str, Any]]:
-    """Time every precision of ``bundle`` at every (batch, seq_len); one child process per precision."""
+    """Time each model, named by a label and given as (bundle, precision), at every (batch, seq_len),
+    taking turns; one child process per model."""
     context = multiprocessing.get_context("spawn")
     children: dict[str, tuple[Any, Connection]] = {}
     try:
-        for precision in precisions:
+        for label, (bundle, precision) in models.items():
             parent_end, child_end = context.Pipe()
             process = context.Process(
                 target=_child, args=(child_end, str(bundle), precision, device, threads), daemon=True
             )
             process.start()
-            children[precision] = (process, parent_end)
+            children[label] = (process, parent_end)
         results = {p: _receive(conn) for p, (_, conn) in children.items()}
         for p in results:
             results[p]["shapes"] = []

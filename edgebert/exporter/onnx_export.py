@@ -33,7 +33,9 @@ class ExportConfig:
     ``fuse`` runs ONNX Runtime's transformer optimizer offline; it is off by default because the
     fused graph ran slower on our CPU in fp32 and int8 (benchmarks/results/cpu.md).
     ``tolerance`` is the largest absolute difference from torch accepted for the fp32 model.
-    ``calibration_data``: unlabeled (or labeled) text that guides INT8 quantization.
+    ``calibration``: dynamic INT8, or static with ranges by minmax/percentile/entropy or chosen per
+    tensor by distillation-aware search (distill), measured on ``calibration_samples`` texts of
+    ``calibration_data`` (labels ignored).
     """
 
     model: str | None = None
@@ -44,7 +46,9 @@ class ExportConfig:
     fuse: bool = False
     tolerance: float = 1e-4
     force: bool = False
+    calibration: str = "dynamic"
     calibration_data: str | None = None
+    calibration_samples: int = 1024
 
 
 def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
@@ -81,7 +85,13 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
 
             log.info("quantizing to INT8 (dynamic, per-channel weights)")
             manifest = quantize_into(
-                stage, manifest, QuantizeConfig(calibration_data=config.calibration_data)
+                stage,
+                manifest,
+                QuantizeConfig(
+                    method=config.calibration,
+                    calibration_data=config.calibration_data,
+                    calibration_samples=config.calibration_samples,
+                ),
             )
         write_manifest(stage, manifest)
     return Bundle.load(out)

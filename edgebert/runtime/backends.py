@@ -50,8 +50,8 @@ def require_backend(device: str) -> Backend:
     return backend
 
 
-def open_session(path: Path, device: str = "cpu", *, threads: int | None = None) -> Any:
-    """An ONNX Runtime session for the model at ``path`` on ``device``."""
+def open_session(path: Path | bytes, device: str = "cpu", *, threads: int | None = None) -> Any:
+    """An ONNX Runtime session for the model at ``path`` (or a serialized model) on ``device``."""
     import onnxruntime as ort
 
     backend = require_backend(device)
@@ -60,6 +60,8 @@ def open_session(path: Path, device: str = "cpu", *, threads: int | None = None)
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=list(backend.providers))
+        model = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(model, options, providers=list(backend.providers))
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
-        raise BackendError(f"ONNX Runtime could not load '{path}': {exc}") from exc
+        shown = "the model" if isinstance(path, bytes) else f"'{path}'"
+        raise BackendError(f"ONNX Runtime could not load {shown}: {exc}") from exc

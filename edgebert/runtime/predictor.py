@@ -78,9 +78,9 @@ class Predictor:
         made_by = self.bundle.manifest.artifacts[self.precision].made_by
         self.batch_size = 1 if made_by.get("method") == "dynamic" else 32
 
-    def with_model(self, path: Path, *, threads: int | None = None) -> Predictor:
-        """A Predictor with this one's bundle and tokenizer running another model file (a candidate
-        being compared with this one, say)."""
+    def with_model(self, path: Path | bytes, *, threads: int | None = None) -> Predictor:
+        """A Predictor with this one's bundle and tokenizer running another model (a file, or a
+        serialized model: a candidate being compared with this one, say)."""
         other = copy.copy(self)
         other.session = open_session(path, "cpu", threads=threads)
         return other

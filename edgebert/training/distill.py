@@ -12,27 +12,31 @@ from typing import Any
 
 from edgebert.errors import ModelError
 from edgebert.models import resolve
-from edgebert.training.finetune import Schedule, encode_examples, fit, load_classifier, prepare, save
+from edgebert.training.finetune import encode_examples, load_classifier, prepare, save
+from edgebert.training.loop import Schedule, fit
 
 
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig(Schedule):
     """``student_layers``: keep that many of the teacher's layers (evenly spaced, the first included);
     or ``student``: a checkpoint to start from. The loss is ``alpha`` x T^2 x KL(teacher || student)
-    at ``temperature`` T plus (1 - ``alpha``) x cross-entropy with the labels."""
+    at ``temperature`` T plus (1 - ``alpha``) x cross-entropy with the labels, plus (TinyBERT's
+    transfer, optional) ``hidden_weight`` x MSE of the hidden states and ``attention_weight`` x MSE of
+    the attention probabilities, student layer m against teacher layer m x depth / student depth."""
 
     teacher: str
     student_layers: int | None = None
     student: str | None = None
     temperature: float = 2.0
     alpha: float = 0.5
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
 
 
 def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     """Distil ``config.teacher`` into a student trained on ``config.data``; save it at ``out``."""
     train_examples, dev_examples, names = prepare(out, config)
     import torch
-    import torch.nn.functional as F
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     teacher_checkpoint = resolve(config.teacher)
@@ -45,24 +49,12 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     for row, logits in zip(train_set, soft.tolist(), strict=True):
         row["teacher_logits"] = logits
     dev_set = encode_examples(tokenizer, dev_examples, names, config.max_length)
-    t = config.temperature
-
-    def loss_of(inputs: dict[str, Any]) -> Any:
-        teacher_logits = inputs.pop("teacher_logits")
-        out = student(**inputs)
-        kl = F.kl_div(
-            F.log_softmax(out.logits / t, -1),
-            F.log_softmax(teacher_logits / t, -1),
-            reduction="batchmean",
-            log_target=True,
-        )
-        return config.alpha * t * t * kl + (1 - config.alpha) * out.loss
-
+    loss_of = _loss(teacher, config, _transfer_map(teacher, student, tokenizer, teacher_tokenizer, config))
     with torch.no_grad():
         teacher_accuracy = _accuracy(
             teacher, teacher_tokenizer, dev_examples.texts, dev_set, config.max_length
         )
-    result = fit(student, tokenizer, train_set, dev_set, config, loss_of)
+    result = fit(student, tokenizer, train_set, dev_set, config, loss_of, out=out)
     summary = {
         **result,
         "teacher_dev_accuracy": teacher_accuracy,
@@ -73,6 +65,71 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     }
     save(out, student, tokenizer, summary, config.force)
     return summary
+
+
+def _transfer_map(
+    teacher: Any, student: Any, tokenizer: Any, teacher_tokenizer: Any, config: DistillConfig
+) -> list[int]:
+    """For hidden-state and attention transfer: the teacher layer each student layer learns from
+    (index 0 is the embeddings). Needs the same tokenizer, hidden size and heads."""
+    if not (config.hidden_weight or config.attention_weight):
+        return []
+    ours, theirs = student.config, teacher.config
+    shape = ("hidden_size", "num_attention_heads")
+    same_vocab = tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+    if any(getattr(ours, k) != getattr(theirs, k) for k in shape) or not same_vocab:
+        raise ModelError(
+            "hidden-state and attention transfer need a student with the teacher's tokenizer, hidden size "
+            "and heads (e.g. --student-layers); set --hidden-weight and --attention-weight to 0"
+        )
+    if config.attention_weight:  # attention probabilities come from the eager implementation only
+        for model in (teacher, student):
+            model.set_attn_implementation("eager")
+    depth, layers = theirs.num_hidden_layers, ours.num_hidden_layers
+    return [m * depth // layers for m in range(layers + 1)]
+
+
+def _loss(teacher: Any, config: DistillConfig, layer_map: list[int]) -> Any:
+    """The distillation loss of a batch, as ``DistillConfig`` describes it."""
+    import torch
+    import torch.nn.functional as F
+
+    t = config.temperature
+    hidden, attention = bool(config.hidden_weight), bool(config.attention_weight)
+
+    def loss_of(student: Any, inputs: dict[str, Any]) -> Any:
+        teacher_logits = inputs.pop("teacher_logits")
+        out = student(**inputs, output_hidden_states=hidden, output_attentions=attention)
+        soft = F.kl_div(
+            F.log_softmax(out.logits.float() / t, -1),
+            F.log_softmax(teacher_logits / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        loss = config.alpha * t * t * soft + (1 - config.alpha) * out.loss
+        if not layer_map:
+            return loss
+        features = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            theirs = teacher.to(inputs["input_ids"].device)(
+                **features, output_hidden_states=hidden, output_attentions=attention
+            )
+        if hidden:
+            pairs = [(out.hidden_states[m], theirs.hidden_states[n]) for m, n in enumerate(layer_map)]
+            loss = loss + config.hidden_weight * _mse(pairs)
+        if attention:
+            pairs = [(out.attentions[m - 1], theirs.attentions[n - 1]) for m, n in enumerate(layer_map) if m]
+            loss = loss + config.attention_weight * _mse(pairs)
+        return loss
+
+    return loss_of
+
+
+def _mse(pairs: list[tuple[Any, Any]]) -> Any:
+    """Mean squared error averaged over (student, teacher) tensor pairs, in fp32."""
+    import torch.nn.functional as F
+
+    return sum(F.mse_loss(ours.float(), theirs.float()) for ours, theirs in pairs) / len(pairs)
 
 
 def _teacher_labels(teacher: tuple[str, ...], data: tuple[str, ...]) -> tuple[str, ...]:

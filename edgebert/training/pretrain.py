@@ -15,6 +15,7 @@ from typing import Any
 
 from edgebert.atomic import staging, write_json
 from edgebert.errors import DataError, EdgebertError, require
+from edgebert.training.loop import accelerator, optimizer_step
 
 log = logging.getLogger("edgebert")
 
@@ -40,6 +41,7 @@ class PretrainConfig:
     max_steps: int = 1000
     mlm_probability: float = 0.15
     heldout: float = 0.05
+    precision: str = "auto"
     seed: int = 0
     force: bool = False
 
@@ -131,7 +133,7 @@ def pretrain(out: str | Path, config: PretrainConfig) -> dict[str, Any]:
     tokenizer = build_tokenizer(config, documents)
     pairs = sentence_pairs(documents, rng)
     rng.shuffle(pairs)
-    n_heldout = max(1, int(len(pairs) * config.heldout))
+    n_heldout = min(max(1, int(len(pairs) * config.heldout)), 2048)
     heldout, training = pairs[:n_heldout], pairs[n_heldout:] or pairs
     model = BertForPreTraining(
         BertConfig(
@@ -143,30 +145,31 @@ def pretrain(out: str | Path, config: PretrainConfig) -> dict[str, Any]:
             max_position_embeddings=max(512, config.max_length),
         )
     )
-    collator = masking(tokenizer, config, seed=config.seed)
+    acc = accelerator(config.precision)
+    rng = random.Random(config.seed * 1_000_003 + acc.process_index)  # each process its own batches
+    collator = masking(tokenizer, config, seed=config.seed + 2 + acc.process_index)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     scheduler = transformers.get_linear_schedule_with_warmup(
         optimizer, config.max_steps // 10, config.max_steps
     )
+    prepared, optimizer = acc.prepare(_masked_only(model), optimizer)
     from tqdm.auto import tqdm
 
     losses: list[float] = []
     started = time.perf_counter()
-    model.train()
-    bar = tqdm(range(config.max_steps), desc="pretraining", unit="step", disable=None)
+    prepared.train()
+    quiet = None if acc.is_main_process else True
+    bar = tqdm(range(config.max_steps), desc="pretraining", unit="step", disable=quiet)
     for step in bar:
         batch = [training[rng.randrange(len(training))] for _ in range(config.batch_size)]
-        loss = model(**collator(encode_pairs(tokenizer, batch, config.max_length))).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        inputs = collator(encode_pairs(tokenizer, batch, config.max_length))
+        loss = prepared(**{k: v.to(acc.device) for k, v in inputs.items()})[0]
+        optimizer_step(acc, prepared, optimizer, scheduler, loss)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if bar.disable and (step + 1) % max(1, config.max_steps // 10) == 0:
+        if bar.disable and acc.is_main_process and (step + 1) % max(1, config.max_steps // 10) == 0:
             log.info("step %d/%d: loss %.4f", step + 1, config.max_steps, loss.item())
-    metrics = evaluate(model, tokenizer, heldout, config)
+    metrics = evaluate(_masked_only(model), tokenizer, heldout, config, device=acc.device)
     window = max(1, len(losses) // 10)
     summary = {
         **metrics,
@@ -174,15 +177,44 @@ def pretrain(out: str | Path, config: PretrainConfig) -> dict[str, Any]:
         "last_loss": sum(losses[-window:]) / window,
         "steps": config.max_steps,
         "train_seconds": round(time.perf_counter() - started, 1),
+        "processes": acc.num_processes,
+        "precision": acc.mixed_precision if acc.mixed_precision != "no" else "fp32",
         "pairs": {"train": len(training), "heldout": len(heldout)},
         "model": {"layers": layers, "hidden": hidden, "heads": heads, "vocab": len(tokenizer)},
         "config": asdict(config),
     }
+    if not acc.is_main_process:
+        return summary
     with staging(out, replace=config.force, marker="config.json") as stage:
         model.save_pretrained(stage, safe_serialization=True)
         tokenizer.save_pretrained(stage)
         write_json(stage / "pretrain_summary.json", summary)
     return summary
+
+
+def _masked_only(model: Any) -> Any:
+    """``model`` (a ``BertForPreTraining``) as a module that returns (MLM + NSP loss, MLM logits of
+    the masked tokens, NSP logits). The vocabulary projection runs on the masked 15% of tokens only,
+    not on all of them as ``BertForPreTraining.forward`` does: on a small BERT it is most of the cost."""
+    import torch
+    import torch.nn.functional as F
+
+    class MaskedOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, labels: Any, next_sentence_label: Any, **inputs: Any) -> tuple[Any, Any, Any]:
+            sequence, pooled = self.model.bert(**inputs)[:2]
+            chosen = labels != -100
+            mlm_logits = self.model.cls.predictions(sequence[chosen])
+            nsp_logits = self.model.cls.seq_relationship(pooled)
+            loss = F.cross_entropy(mlm_logits, labels[chosen]) + F.cross_entropy(
+                nsp_logits, next_sentence_label
+            )
+            return loss, mlm_logits, nsp_logits
+
+    return MaskedOnly()
 
 
 def masking(tokenizer: Any, config: PretrainConfig, *, seed: int) -> Any:
@@ -210,7 +242,7 @@ def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str, int]], max_length: 
 
 
 def evaluate(
-    model: Any, tokenizer: Any, pairs: list[tuple[str, str, int]], config: PretrainConfig
+    model: Any, tokenizer: Any, pairs: list[tuple[str, str, int]], config: PretrainConfig, *, device: Any
 ) -> dict[str, float]:
     """MLM accuracy on the masked tokens and NSP accuracy, on held-out pairs with seeded masking."""
     import torch
@@ -221,9 +253,10 @@ def evaluate(
     with torch.no_grad():
         for start in range(0, len(pairs), 64):
             batch = collator(encode_pairs(tokenizer, pairs[start : start + 64], config.max_length))
-            out = model(**batch)
-            chosen = batch["labels"] != -100
-            masked += int(chosen.sum())
-            mlm_right += int((out.prediction_logits.argmax(-1)[chosen] == batch["labels"][chosen]).sum())
-            nsp_right += int((out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]).sum())
+            batch = {k: v.to(device) for k, v in batch.items()}
+            _, mlm_logits, nsp_logits = model(**batch)
+            chosen = batch["labels"][batch["labels"] != -100]
+            masked += len(chosen)
+            mlm_right += int((mlm_logits.argmax(-1) == chosen).sum())
+            nsp_right += int((nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
     return {"mlm_accuracy": mlm_right / max(masked, 1), "nsp_accuracy": nsp_right / len(pairs)}
