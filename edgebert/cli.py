@@ -92,38 +92,12 @@ def main(quiet: bool) -> None:
 @calibration_options("dynamic")
 @JSON
 @explained
-def export(
-    model: str | None,
-    task: str | None,
-    quantize: str,
-    max_length: int,
-    out: Path,
-    opset: int,
-    fuse: bool,
-    force: bool,
-    calibration: str,
-    calibration_data: str | None,
-    calibration_samples: int,
-    as_json: bool,
-) -> None:
+def export(out: Path, as_json: bool, **options: Any) -> None:
     """Export a BERT to a validated ONNX bundle (and INT8 with --quantize int8)."""
     from edgebert.exporter import ExportConfig
     from edgebert.exporter import export as run_export
 
-    config = ExportConfig(
-        model=model,
-        task=task,
-        quantize=quantize,
-        max_length=max_length,
-        opset=opset,
-        fuse=fuse,
-        force=force,
-        calibration=calibration,
-        calibration_data=calibration_data,
-        calibration_samples=calibration_samples,
-    )
-    bundle = run_export(out, config)
-    _show_bundle(bundle, as_json)
+    _show_bundle(run_export(out, ExportConfig(**options)), as_json)
 
 
 @main.command()
@@ -131,12 +105,10 @@ def export(
 @calibration_options("dynamic")
 @JSON
 @explained
-def quantize(
-    bundle: Path, calibration: str, calibration_data: str | None, calibration_samples: int, as_json: bool
-) -> None:
+def quantize(bundle: Path, as_json: bool, **options: Any) -> None:
     """Add an INT8 model (dynamic unless --calibration says otherwise) to an existing BUNDLE,
     validated against its fp32 model."""
-    _quantize(bundle, calibration, calibration_data, calibration_samples, as_json)
+    _quantize(bundle, as_json, options)
 
 
 @main.command()
@@ -144,23 +116,17 @@ def quantize(
 @calibration_options("distill")
 @JSON
 @explained
-def calibrate(
-    bundle: Path, calibration: str, calibration_data: str | None, calibration_samples: int, as_json: bool
-) -> None:
+def calibrate(bundle: Path, as_json: bool, **options: Any) -> None:
     """Calibrate a static INT8 model for BUNDLE on --calibration-data (distill: each activation range
     chosen by how closely the INT8 outputs follow fp32's), replacing any INT8 model it has."""
-    _quantize(bundle, calibration, calibration_data, calibration_samples, as_json)
+    _quantize(bundle, as_json, options)
 
 
-def _quantize(
-    bundle: Path, calibration: str, calibration_data: str | None, calibration_samples: int, as_json: bool
-) -> None:
+def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     from edgebert.quantizer import QuantizeConfig
     from edgebert.quantizer import quantize as run_quantize
 
-    config = QuantizeConfig(
-        method=calibration, calibration_data=calibration_data, calibration_samples=calibration_samples
-    )
+    config = QuantizeConfig(method=options.pop("calibration"), **options)
     _show_bundle(run_quantize(bundle, config), as_json)
 
 

@@ -85,6 +85,19 @@ def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable
             show_default=True,
             help="Texts drawn (seed 0) from --calibration-data.",
         ),
+        click.option(
+            "--eval-data",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Labeled held-out file: keep the fewest sensitive layers in float that hold accuracy "
+            "within --max-drop points of fp32 (never the calibration file).",
+        ),
+        click.option(
+            "--max-drop",
+            type=click.FloatRange(0),
+            default=0.5,
+            show_default=True,
+            help="Accuracy points INT8 may lose on --eval-data.",
+        ),
     ]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgebert.atomic import staging, write_json
 from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, write_manifest
 from edgebert.calibration import (
@@ -31,7 +33,7 @@ from edgebert.calibration import (
     quiet_root_logger,
 )
 from edgebert.calibration.search import distill_ranges
-from edgebert.data import read_examples
+from edgebert.data import encode_labels, read_examples
 from edgebert.errors import DataError, EdgebertError, ValidationError, require
 from edgebert.fidelity import divergence, fidelity
 from edgebert.runtime import Predictor
@@ -51,6 +53,8 @@ class QuantizeConfig:
     ``keep_float``: how many FFN-output MatMuls (the most sensitive first) stay in fp32, chosen on
     ``calibration_samples`` texts drawn reproducibly (``seed``) from ``calibration_data`` (labels
     ignored), or on the built-in sentences without it.
+    With ``eval_data`` (a labeled file, never the calibration file) the count is chosen instead: the
+    fewest of the most sensitive that keep accuracy within ``max_drop`` points of fp32's.
     Tolerances: classify, the share of sentences whose argmax label is unchanged (``min_agreement``)
     and the largest change of a class probability (``max_prob_diff``); embed, the mean and the
     smallest cosine similarity of the embeddings (``min_mean_cosine``, ``min_cosine``).
@@ -62,6 +66,8 @@ class QuantizeConfig:
     keep_float: int = 1
     calibration_data: str | None = None
     calibration_samples: int = 1024
+    eval_data: str | None = None
+    max_drop: float = 0.5
     seed: int = 0
     min_agreement: float = 0.9
     max_prob_diff: float = 0.25
@@ -123,6 +129,10 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
 
     search = _choose_float_nodes(fp32_path, build, teacher, texts, reference, config)
     search["sensitivity"]["measured_on"] = measured_on
+    if config.eval_data is not None:
+        ranking = search.pop("ranking")
+        search.update(_fewest_float(fp32_path, build, teacher, ranking, config.eval_data, config.max_drop))
+    search.pop("ranking", None)
     build(stage / INT8_FILE, search["kept_float"])
     made_by = {
         **made_by,
@@ -143,6 +153,12 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
 
 def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
     """The texts that guide quantization, and a description of where they came from."""
+    files = [Path(f).resolve() for f in (config.eval_data, config.calibration_data) if f is not None]
+    if len(files) == 2 and files[0] == files[1]:
+        raise DataError(
+            "--calibration-data and --eval-data are the same file: calibrate on training text and "
+            "measure on held-out text"
+        )
     if config.calibration_data is None:
         return list(SENTENCES), f"{len(SENTENCES)} built-in sentences"
     texts = [t for t in read_examples(config.calibration_data, labeled=False).texts if _has_words(t)]
@@ -172,9 +188,10 @@ def _choose_float_nodes(
     names = [
         n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "MatMul"
     ]
-    candidates = [n for n in names if _FFN_OUTPUT.search(n)] if config.keep_float else []
+    wanted = config.keep_float or config.eval_data is not None
+    candidates = [n for n in names if _FFN_OUTPUT.search(n)] if wanted else []
     if not candidates:
-        return {"kept_float": [], "sensitivity": {"divergence_if_kept_float": {}}}
+        return {"kept_float": [], "ranking": [], "sensitivity": {"divergence_if_kept_float": {}}}
     log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
     # the probes live in the staging directory, so that a killed export leaves none behind
     with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
@@ -185,10 +202,50 @@ def _choose_float_nodes(
             build(probe, [node] if node else [])
             outputs, _ = teacher.with_model(probe).outputs(texts, batch_size=batch)
             scores[node or "none"] = divergence(teacher.task, reference, outputs)
-    ranked = sorted(candidates, key=lambda n: scores[n])[: config.keep_float]
+    ranked = sorted(candidates, key=lambda n: scores[n])
     return {
-        "kept_float": ranked,
+        "kept_float": ranked[: config.keep_float],
+        "ranking": ranked,
         "sensitivity": {"divergence_if_kept_float": scores},
+    }
+
+
+def _fewest_float(
+    fp32: Path,
+    build: Callable[[Path, list[str]], None],
+    teacher: Predictor,
+    ranking: list[str],
+    eval_data: str,
+    max_drop: float,
+) -> dict[str, Any]:
+    """Return the most sensitive MatMuls to float one at a time until accuracy on ``eval_data`` is
+    within ``max_drop`` points of fp32's (or all are float)."""
+    if teacher.task != "classify":
+        raise DataError("--eval-data measures accuracy: it needs a classifier bundle")
+    examples = read_examples(eval_data)
+    labels = np.asarray(encode_labels(examples, teacher.labels))
+    fp32_accuracy = float(np.mean(teacher.outputs(examples.texts)[0].argmax(-1) == labels))
+    tried = []
+    with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        for count in range(len(ranking) + 1):
+            build(probe, ranking[:count])
+            outputs, _ = teacher.with_model(probe).outputs(examples.texts, batch_size=teacher.batch_size)
+            accuracy = float(np.mean(outputs.argmax(-1) == labels))
+            tried.append({"float": count, "accuracy": accuracy})
+            if (fp32_accuracy - accuracy) * 100 <= max_drop:
+                break
+    log.info("%d MatMul(s) in float: accuracy %.4f against fp32's %.4f", count, accuracy, fp32_accuracy)
+    return {
+        "kept_float": ranking[:count],
+        "accuracy_budget": {
+            "eval_data": eval_data,
+            "fp32_accuracy": fp32_accuracy,
+            "int8_accuracy": accuracy,
+            "max_drop_points": max_drop,
+            "met": (fp32_accuracy - accuracy) * 100 <= max_drop,
+            "tried": tried,
+        },
     }
 
 

@@ -177,3 +177,26 @@ def test_calibrate_command(fp32_bundle: Path, sentiment_files: tuple[Path, Path]
     assert result.exit_code == 0, result.stderr
     assert Bundle.load(out).manifest.artifacts["int8"].made_by["method"] == "distill"
     assert "calibrate" in CliRunner().invoke(main, ["--help"]).stdout
+
+
+def test_accuracy_budget_keeps_the_fewest_layers_in_float(
+    fp32_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train_file, dev_file = map(str, sentiment_files)
+    for name, max_drop in (("loose", 0.5), ("impossible", -1.0)):
+        out = tmp_path / name
+        shutil.copytree(fp32_bundle, out)
+        config = QuantizeConfig(
+            method="minmax", calibration_data=train_file, eval_data=dev_file, max_drop=max_drop
+        )
+        made_by = quantize(out, config).manifest.artifacts["int8"].made_by
+        budget = made_by["accuracy_budget"]
+        assert budget["eval_data"] == dev_file and budget["max_drop_points"] == max_drop
+        if name == "loose":  # the tiny model loses nothing: no layer needs to stay in float
+            assert made_by["kept_float"] == [] and budget["met"] and len(budget["tried"]) == 1
+        else:  # every FFN output returned to float, one at a time, and the miss is recorded
+            assert len(made_by["kept_float"]) == 2 and not budget["met"]
+            assert [t["float"] for t in budget["tried"]] == [0, 1, 2]
+    same = ["quantize", str(tmp_path / "loose"), "--calibration", "minmax", "--calibration-data", train_file]
+    result = CliRunner().invoke(main, [*same, "--eval-data", train_file])
+    assert result.exit_code == 1 and "are the same file" in result.stderr

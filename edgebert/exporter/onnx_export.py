@@ -35,7 +35,7 @@ class ExportConfig:
     ``tolerance`` is the largest absolute difference from torch accepted for the fp32 model.
     ``calibration``: dynamic INT8, or static with ranges by minmax/percentile/entropy or chosen per
     tensor by distillation-aware search (distill), measured on ``calibration_samples`` texts of
-    ``calibration_data`` (labels ignored).
+    ``calibration_data`` (labels ignored); ``eval_data``/``max_drop``: see ``QuantizeConfig``.
     """
 
     model: str | None = None
@@ -49,6 +49,8 @@ class ExportConfig:
     calibration: str = "dynamic"
     calibration_data: str | None = None
     calibration_samples: int = 1024
+    eval_data: str | None = None
+    max_drop: float = 0.5
 
 
 def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
@@ -91,6 +93,8 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
                     method=config.calibration,
                     calibration_data=config.calibration_data,
                     calibration_samples=config.calibration_samples,
+                    eval_data=config.eval_data,
+                    max_drop=config.max_drop,
                 ),
             )
         write_manifest(stage, manifest)
