@@ -100,12 +100,7 @@ def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable
         ),
     ]
 
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
+    return lambda command: _stack(options, command)
 
 
 def schedule_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,6 +139,11 @@ def schedule_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--force", is_flag=True, help="Replace an existing checkpoint at --out (and any OUT.resume/)."
         ),
     ]
+    return _stack(options, command)
+
+
+def _stack(options: list[Callable[..., Any]], command: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply click options to ``command`` so that --help lists them in the given order."""
     for option in reversed(options):
         command = option(command)
     return command

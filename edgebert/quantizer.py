@@ -10,13 +10,14 @@ percent of latency (benchmarks/results/cpu.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     search["sensitivity"]["measured_on"] = measured_on
     if config.eval_data is not None:
         ranking = search.pop("ranking")
-        search.update(_fewest_float(fp32_path, build, teacher, ranking, config.eval_data, config.max_drop))
+        budget = (config.eval_data, config.max_drop)
+        search.update(_fewest_float(fp32_path, build, teacher, ranking, config.method, *budget))
     search.pop("ranking", None)
     build(stage / INT8_FILE, search["kept_float"])
     made_by = {
@@ -193,15 +195,10 @@ def _choose_float_nodes(
     if not candidates:
         return {"kept_float": [], "ranking": [], "sensitivity": {"divergence_if_kept_float": {}}}
     log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
-    # the probes live in the staging directory, so that a killed export leaves none behind
-    with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
-        probe = Path(tmp) / "probe.onnx"
-        scores = {}
-        batch = 1 if config.method == "dynamic" else None  # as the Predictor runs it
+    scores = {}
+    with _prober(fp32, build, teacher, texts, config.method) as probe:
         for node in [None, *candidates]:
-            build(probe, [node] if node else [])
-            outputs, _ = teacher.with_model(probe).outputs(texts, batch_size=batch)
-            scores[node or "none"] = divergence(teacher.task, reference, outputs)
+            scores[node or "none"] = divergence(teacher.task, reference, probe([node] if node else []))
     ranked = sorted(candidates, key=lambda n: scores[n])
     return {
         "kept_float": ranked[: config.keep_float],
@@ -210,11 +207,30 @@ def _choose_float_nodes(
     }
 
 
+@contextlib.contextmanager
+def _prober(
+    fp32: Path, build: Callable[[Path, list[str]], None], teacher: Predictor, texts: list[Any], method: str
+) -> Iterator[Callable[[list[str]], np.ndarray]]:
+    """A function that builds the INT8 model with the given nodes in float and returns its outputs
+    on ``texts``, batched as the Predictor will run it. The probe lives in the staging directory,
+    so that a killed export leaves none behind."""
+    batch = 1 if method == "dynamic" else None
+    with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
+        path = Path(tmp) / "probe.onnx"
+
+        def probe(exclude: list[str]) -> np.ndarray:
+            build(path, exclude)
+            return teacher.with_model(path).outputs(texts, batch_size=batch)[0]
+
+        yield probe
+
+
 def _fewest_float(
     fp32: Path,
     build: Callable[[Path, list[str]], None],
     teacher: Predictor,
     ranking: list[str],
+    method: str,
     eval_data: str,
     max_drop: float,
 ) -> dict[str, Any]:
@@ -226,12 +242,9 @@ def _fewest_float(
     labels = np.asarray(encode_labels(examples, teacher.labels))
     fp32_accuracy = float(np.mean(teacher.outputs(examples.texts)[0].argmax(-1) == labels))
     tried = []
-    with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
-        probe = Path(tmp) / "probe.onnx"
+    with _prober(fp32, build, teacher, examples.texts, method) as probe:
         for count in range(len(ranking) + 1):
-            build(probe, ranking[:count])
-            outputs, _ = teacher.with_model(probe).outputs(examples.texts, batch_size=teacher.batch_size)
-            accuracy = float(np.mean(outputs.argmax(-1) == labels))
+            accuracy = float(np.mean(probe(ranking[:count]).argmax(-1) == labels))
             tried.append({"float": count, "accuracy": accuracy})
             if (fp32_accuracy - accuracy) * 100 <= max_drop:
                 break

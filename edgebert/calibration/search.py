@@ -34,10 +34,8 @@ def distill_ranges(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    candidates = {
-        method: collect_ranges(fp32, (teacher.encode([t])[0] for t in texts), method)
-        for method in STATIC_METHODS
-    }
+    feeds = [teacher.encode([t])[0] for t in texts]  # tokenized once for the three methods
+    candidates = {method: collect_ranges(fp32, feeds, method) for method in STATIC_METHODS}
     limits = {method: bounds(ranges) for method, ranges in candidates.items()}
     collected = time.perf_counter() - started
     subset = texts[:search_texts]

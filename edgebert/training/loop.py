@@ -188,7 +188,6 @@ def evaluate(model: Any, tokenizer: Any, dataset: list[dict[str, Any]], *, devic
         for start in range(0, len(ordered), 64):
             inputs = {k: v.to(device) for k, v in collate(tokenizer, ordered[start : start + 64]).items()}
             labels = inputs.pop("labels")
-            inputs.pop("teacher_logits", None)
             correct += int((model(**inputs).logits.argmax(-1) == labels).sum())
     return correct / max(len(dataset), 1)
 
