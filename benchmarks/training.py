@@ -1,10 +1,10 @@
 """Training benchmarks: fine-tuning the default MiniLM on SST-2; a 3-layer student distilled from the
 SST-2 MiniLM teacher, with both INT8 bundles timed side by side; a tiny BERT pretrained here against
-the same model from random init, both fine-tuned on SST-2 with the same budget. Each stage runs the
-edgebert CLI a user would type and leaves its figures in WORK/<stage>.json; the Markdown is written
-from every stage found there. Writes benchmarks/results/training.md.
+the same model from random init (pretrain), both fine-tuned on SST-2 with the same budgets (compare).
+Each stage runs the edgebert CLI a user would type and leaves its figures in WORK/<stage>.json; the
+Markdown is written from every stage found there. Writes benchmarks/results/training.md.
 
-    .venv/bin/python benchmarks/training.py [--only finetune,distill,pretrain] [--work /tmp/edgebert-training]
+    .venv/bin/python benchmarks/training.py [--only finetune,distill,pretrain,compare] [--work /tmp/edgebert-training]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
 SST2 = {"data": str(DATA / "sst2" / "train.tsv"), "eval": str(DATA / "sst2" / "dev.tsv")}
 EDGEBERT = [sys.executable, "-m", "edgebert.cli"]
-STAGES = ("finetune", "distill", "pretrain")
+STAGES = ("finetune", "distill", "pretrain", "compare")
 
 
 def main() -> None:
@@ -45,9 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    for stage in args.only.split(","):
+    for stage in filter(None, args.only.split(",")):
         began = time.perf_counter()
-        figures = {"finetune": finetune, "distill": distill, "pretrain": pretrain}[stage](args, work)
+        figures = {"finetune": finetune, "distill": distill, "pretrain": pretrain, "compare": compare}[stage](
+            args, work
+        )
         figures.update(wall_s=round(time.perf_counter() - began), date=time.strftime("%Y-%m-%d %H:%M"))
         name = f"finetune-{args.epochs}x{args.lr}" if stage == "finetune" else stage
         (work / f"{name}.json").write_text(json.dumps(figures, indent=2))
@@ -134,7 +136,8 @@ def int8_accuracy(bundle: Path) -> float:
 
 def corpus(path: Path) -> dict:
     """Unlabeled text from the machine's training splits (never dev or holdout): AG News articles,
-    one sentence a line, an article a document; SST-2 train sentences, 8 to a document."""
+    one sentence a line, an article a document; each SST-2 train sentence a document of its own
+    (they are shuffled phrases: NSP takes the two halves of each)."""
     documents = []
     for line in (DATA / "agnews" / "train.tsv").read_text(encoding="utf-8").splitlines():
         text = line.rsplit("\t", 1)[0].replace(" #39;", "'").replace("#39;", "'")
@@ -143,7 +146,7 @@ def corpus(path: Path) -> dict:
     sst2 = [
         line.rsplit("\t", 1)[0] for line in Path(SST2["data"]).read_text(encoding="utf-8").splitlines()[1:]
     ]
-    documents += [sst2[i : i + 8] for i in range(0, len(sst2), 8)]
+    documents += [[sentence] for sentence in sst2]
     path.write_text("\n\n".join("\n".join(d) for d in documents) + "\n", encoding="utf-8")
     return {"documents": len(documents), "lines": sum(len(d) for d in documents)}
 
@@ -169,19 +172,59 @@ def pretrain(args: argparse.Namespace, work: Path) -> dict:
     random_init = BertForPreTraining(BertConfig.from_pretrained(work / "tiny-pretrained"))
     random_init.save_pretrained(work / "tiny-random", safe_serialization=True)
     AutoTokenizer.from_pretrained(work / "tiny-pretrained").save_pretrained(work / "tiny-random")
-    budget = ["--data", SST2["data"], "--eval", SST2["eval"], "--epochs", "1", "--lr", "1e-4"]
-    finetuned = {
-        name: cli(
-            "train", "-m", str(work / f"tiny-{name}"), *budget, "-o", str(work / f"ft-{name}"), "--force"
-        )
-        for name in ("pretrained", "random")
-    }
+    return {"command": "edgebert " + " ".join(command), "corpus": shape, "pretrain": pretrained}
+
+
+def compare(args: argparse.Namespace, work: Path) -> dict:
+    """The pretrained tiny BERT and the same model from random init, each fine-tuned on SST-2 with
+    the same budgets, at every learning rate of LRS and seed of SEEDS."""
+    runs = []
+    for budget, (data, epochs) in budgets(work).items():
+        for lr in LRS:
+            for seed in SEEDS:
+                for start in ("pretrained", "random"):
+                    command = [
+                        "train",
+                        "-m",
+                        str(work / f"tiny-{start}"),
+                        "--data",
+                        data,
+                        "--eval",
+                        SST2["eval"],
+                    ]
+                    command += ["--epochs", epochs, "--lr", lr, "--seed", str(seed)]
+                    summary = cli(*command, "-o", str(work / f"ft-{start}"), "--force")
+                    keep = ("dev_accuracy", "steps", "train_seconds")
+                    runs.append(
+                        {
+                            "budget": budget,
+                            "start": start,
+                            "lr": lr,
+                            "seed": seed,
+                            **{k: summary[k] for k in keep},
+                        }
+                    )
     return {
-        "command": "edgebert " + " ".join(command),
-        "corpus": shape,
-        "pretrain": pretrained,
-        "finetune_command": "edgebert train -m MODEL " + " ".join(budget),
-        "finetuned": finetuned,
+        "command": "edgebert train -m MODEL --data DATA --eval ../shared/data/sst2/dev.tsv --epochs E --lr LR --seed S",
+        "runs": runs,
+    }
+
+
+LRS = ("1e-4", "3e-4", "1e-3")
+SEEDS = (0, 1, 2)
+
+
+def budgets(work: Path) -> dict[str, tuple[str, str]]:
+    """The fine-tuning budgets, fixed before measuring: SST-2 train in full for one epoch, and 4,000
+    of its sentences (drawn with seed 0) for five epochs."""
+    lines = Path(SST2["data"]).read_text(encoding="utf-8").splitlines()
+    rows = lines[1:]
+    random.Random(0).shuffle(rows)
+    few = work / "sst2-train-4000.tsv"
+    few.write_text("\n".join([lines[0], *rows[:4000]]) + "\n", encoding="utf-8")
+    return {
+        "all 67,349 sentences, 1 epoch": (SST2["data"], "1"),
+        "4,000 sentences, 5 epochs": (str(few), "5"),
     }
 
 
@@ -244,26 +287,49 @@ def write(args: argparse.Namespace, stages: dict[str, dict]) -> None:
         ]
     if "pretrain" in stages:
         p = stages["pretrain"]
-        pre, ft = p["pretrain"], p["finetuned"]
+        pre = p["pretrain"]
         lines += [
             "## Pretraining a tiny BERT (MLM + NSP) and what it buys",
             "",
             f"`{p['command']}` ({p['date']}) on {p['corpus']['lines']:,} lines in {p['corpus']['documents']:,} documents of unlabeled "
-            "training text (AG News train articles split into sentences; SST-2 train sentences, 8 to a document): "
+            "training text (AG News train articles split into sentences; each SST-2 train sentence a document, NSP taking its two halves): "
             f"{pre['model']['layers']} layers, hidden {pre['model']['hidden']}, {pre['model']['heads']} heads, a {pre['model']['vocab']:,}-token "
             f"WordPiece vocabulary learned from the corpus; {pre['steps']} steps in {pre['train_seconds']:.0f} s; loss "
             f"{pre['first_loss']:.2f} → {pre['last_loss']:.2f}; on held-out pairs MLM accuracy {pre['mlm_accuracy']:.3f}, NSP accuracy {pre['nsp_accuracy']:.3f}.",
             "",
-            f"Both fine-tuned with the same budget: `{p['finetune_command']}`.",
-            "",
-            "| start | SST-2 dev accuracy | steps | train time |",
-            "|---|---|---|---|",
         ]
-        shown = {"pretrained": "pretrained here", "random": "random init (same model and tokenizer)"}
-        for name, r in ft.items():
-            lines.append(
-                f"| {shown[name]} | {r['dev_accuracy']:.4f} | {r['steps']} | {r['train_seconds']:.0f} s |"
+    if "compare" in stages:
+        c = stages["compare"]
+        lines += [
+            f"Both fine-tuned on SST-2 with the same budgets ({c['date']}): `{c['command']}`, at three learning rates and "
+            "seeds 0, 1, 2 (the seed sets the classifier head's initial weights, the batch order and dropout). Mean SST-2 "
+            "dev accuracy over the seeds (each seed's in brackets):",
+            "",
+            "| budget | learning rate | pretrained here | random init (same model and tokenizer) | difference |",
+            "|---|---|---|---|---|",
+        ]
+        table: dict[tuple[str, str], dict[str, list[float]]] = {}
+        for run in c["runs"]:
+            table.setdefault((run["budget"], run["lr"]), {}).setdefault(run["start"], []).append(
+                run["dev_accuracy"]
             )
+        best: dict[str, dict[str, float]] = {}
+        for (budget, lr), starts in table.items():
+            mean = {start: float(np.mean(accuracies)) for start, accuracies in starts.items()}
+            for start, value in mean.items():
+                best.setdefault(budget, {})[start] = max(best.get(budget, {}).get(start, 0.0), value)
+            cells = [
+                f"{mean[s]:.4f} ({' / '.join(f'{a:.4f}' for a in starts[s])})"
+                for s in ("pretrained", "random")
+            ]
+            lines.append(
+                f"| {budget} | {lr} | {cells[0]} | {cells[1]} | {mean['pretrained'] - mean['random']:+.4f} |"
+            )
+        lines.append("")
+        lines += [
+            f"Best learning rate of each start, {budget}: pretrained **{b['pretrained']:.4f}**, random init **{b['random']:.4f}**."
+            for budget, b in best.items()
+        ]
         lines.append("")
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))

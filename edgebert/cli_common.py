@@ -65,8 +65,8 @@ PRECISION = click.option(
 
 
 def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """How INT8 is calibrated: ``--calibration`` (``default``), ``--calibration-data``,
-    ``--calibration-samples``."""
+    """How INT8 is calibrated: ``--calibration`` (``default``), its data, and the target that decides
+    which layers stay in float."""
     options = [
         click.option(
             "--calibration",
@@ -84,6 +84,15 @@ def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable
             default=1024,
             show_default=True,
             help="Texts drawn (seed 0) from --calibration-data.",
+        ),
+        click.option(
+            "--target-agreement",
+            type=click.FloatRange(0, 1),
+            default=0.99,
+            show_default=True,
+            help="distill: keep the fewest sensitive layers in float that bring INT8's argmax "
+            "agreement with fp32 on the calibration texts to this (mean cosine for embedding "
+            "models); the other methods keep the most sensitive one.",
         ),
         click.option(
             "--eval-data",

@@ -56,7 +56,8 @@ def train(out: Path, as_json: bool, **options: Any) -> None:
     "--corpus",
     required=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="Plain text: one sentence or paragraph a line, blank lines between documents.",
+    help="Plain text: one sentence or paragraph a line, blank lines between documents "
+    "(a one-line document gives NSP its two halves).",
 )
 @click.option(
     "--config",

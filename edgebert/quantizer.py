@@ -1,11 +1,13 @@
 """INT8 quantization of a bundle's fp32 model with ONNX Runtime's quantization tools, validated
 against the fp32 parent on real sentences.
 
-Dynamic INT8 with per-channel int8 weights (u8 activations, s8 weights: the VNNI path). BERT's
-feed-forward outputs carry its largest activation outliers (Bondarenko et al., 2021), so the one
-FFN-output MatMul whose quantization moves the outputs most (measured against fp32 on the built-in
-sentences) stays in float: on the SST-2 MiniLM that recovers most of INT8's accuracy loss for a few
-percent of latency (benchmarks/results/cpu.md).
+Dynamic or static INT8 with per-channel int8 weights (u8 activations, s8 weights: the VNNI path).
+BERT's feed-forward outputs carry its largest activation outliers (Bondarenko et al., 2021), so the
+FFN-output MatMuls are ranked by how much their quantization moves the outputs (against fp32 on the
+calibration texts). Distillation-aware calibration returns the fewest of the most sensitive to
+float that bring the INT8 model's agreement with fp32 on those texts to a target; the other methods
+keep the most sensitive one; given a labeled held-out file, every method keeps the fewest that hold
+accuracy within a budget.
 """
 
 from __future__ import annotations
@@ -51,11 +53,13 @@ log = logging.getLogger("edgebert")
 class QuantizeConfig:
     """How to quantize, and how far the INT8 model may drift from fp32 on the built-in sentences.
 
-    ``keep_float``: how many FFN-output MatMuls (the most sensitive first) stay in fp32, chosen on
-    ``calibration_samples`` texts drawn reproducibly (``seed``) from ``calibration_data`` (labels
-    ignored), or on the built-in sentences without it.
-    With ``eval_data`` (a labeled file, never the calibration file) the count is chosen instead: the
-    fewest of the most sensitive that keep accuracy within ``max_drop`` points of fp32's.
+    The FFN-output MatMuls are ranked by sensitivity on ``calibration_samples`` texts drawn
+    reproducibly (``seed``) from ``calibration_data`` (labels ignored), or on the built-in sentences
+    without it. ``distill`` returns the fewest of the most sensitive to fp32 that bring the INT8
+    model's agreement with fp32 on those texts to ``target_agreement`` (argmax agreement; mean cosine
+    for embeddings); the other methods keep the most sensitive one, or ``keep_float`` of them. With
+    ``eval_data`` (a labeled file, never the calibration file) every method returns the fewest that
+    hold accuracy within ``max_drop`` points of fp32's.
     Tolerances: classify, the share of sentences whose argmax label is unchanged (``min_agreement``)
     and the largest change of a class probability (``max_prob_diff``); embed, the mean and the
     smallest cosine similarity of the embeddings (``min_mean_cosine``, ``min_cosine``).
@@ -64,9 +68,10 @@ class QuantizeConfig:
     method: str = "dynamic"
     per_channel: bool = True
     reduce_range: bool = False
-    keep_float: int = 1
+    keep_float: int | None = None
     calibration_data: str | None = None
     calibration_samples: int = 1024
+    target_agreement: float = 0.99
     eval_data: str | None = None
     max_drop: float = 0.5
     seed: int = 0
@@ -115,7 +120,8 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
         if config.method == "distill":
             ranges, report = distill_ranges(fp32_path, teacher, texts, reference)
         else:
-            ranges = collect_ranges(fp32_path, (teacher.encode([t])[0] for t in texts), config.method)
+            feeds = (teacher.encode([t])[0] for t in texts)
+            ranges = collect_ranges(fp32_path, feeds, [config.method])[config.method]
             report = {"ranges": bounds(ranges)}
         write_json(stage / CALIBRATION_FILE, {"method": config.method, "measured_on": measured_on, **report})
         made_by = {
@@ -130,11 +136,6 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
 
     search = _choose_float_nodes(fp32_path, build, teacher, texts, reference, config)
     search["sensitivity"]["measured_on"] = measured_on
-    if config.eval_data is not None:
-        ranking = search.pop("ranking")
-        budget = (config.eval_data, config.max_drop)
-        search.update(_fewest_float(fp32_path, build, teacher, ranking, config.method, *budget))
-    search.pop("ranking", None)
     build(stage / INT8_FILE, search["kept_float"])
     made_by = {
         **made_by,
@@ -183,28 +184,58 @@ def _choose_float_nodes(
     reference: Any,
     config: QuantizeConfig,
 ) -> dict[str, Any]:
-    """Quantize once per FFN-output MatMul with that node left in float; keep the ``keep_float`` whose
-    exclusion brings the INT8 outputs closest to fp32 (KL of the logits, or cosine distance)."""
+    """Rank the FFN-output MatMuls by how close to fp32 the INT8 outputs come with that one node in
+    float (KL of the logits, or cosine distance), then keep the most sensitive in float: the fewest
+    that meet the target (accuracy on ``eval_data``, or for distill agreement on ``texts``), or a count."""
     import onnx
 
     names = [
         n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "MatMul"
     ]
-    wanted = config.keep_float or config.eval_data is not None
-    candidates = [n for n in names if _FFN_OUTPUT.search(n)] if wanted else []
-    if not candidates:
-        return {"kept_float": [], "ranking": [], "sensitivity": {"divergence_if_kept_float": {}}}
+    keep = config.keep_float if config.keep_float is not None or config.method == "distill" else 1
+    if keep == 0 and config.eval_data is None:
+        return {"kept_float": [], "sensitivity": {"divergence_if_kept_float": {}}}
+    candidates = [n for n in names if _FFN_OUTPUT.search(n)] if keep != 0 else []
     log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
-    scores = {}
     with _prober(fp32, build, teacher, texts, config.method) as probe:
-        for node in [None, *candidates]:
-            scores[node or "none"] = divergence(teacher.task, reference, probe([node] if node else []))
-    ranked = sorted(candidates, key=lambda n: scores[n])
-    return {
-        "kept_float": ranked[: config.keep_float],
-        "ranking": ranked,
-        "sensitivity": {"divergence_if_kept_float": scores},
-    }
+        outputs = {node or "none": probe([node] if node else []) for node in [None, *candidates]}
+        scores = {name: divergence(teacher.task, reference, out) for name, out in outputs.items()}
+        ranked = sorted(candidates, key=scores.__getitem__)
+        found = {"sensitivity": {"divergence_if_kept_float": scores}}
+        if config.eval_data is None:
+            if keep is not None:
+                return {"kept_float": ranked[:keep], **found}
+            known = {0: outputs["none"], **({1: outputs[ranked[0]]} if ranked else {})}
+
+            def agreement(out: np.ndarray) -> float:
+                return fidelity(teacher.task, reference, out)["agreement"]
+
+            count, tried = _fewest_float(ranked, probe, agreement, config.target_agreement, known)
+            met = tried[-1]["figure"] >= config.target_agreement
+            log.info("%d MatMul(s) in float: agreement with fp32 %.4f", count, tried[-1]["figure"])
+            target = {"target": config.target_agreement, "met": met, "tried": tried}
+            return {"kept_float": ranked[:count], "agreement_target": target, **found}
+    budget = _accuracy_budget(fp32, build, teacher, ranked, config, config.eval_data)
+    return {**budget, **found}
+
+
+def _fewest_float(
+    ranking: list[str],
+    probe: Callable[[list[str]], np.ndarray],
+    figure: Callable[[np.ndarray], float],
+    goal: float,
+    known: dict[int, np.ndarray],
+) -> tuple[int, list[dict[str, float]]]:
+    """Return the most sensitive of ``ranking`` to float one at a time until ``figure`` of the INT8
+    outputs reaches ``goal`` (or all are float): the count, and the figure at each count tried.
+    ``known``: outputs already measured, by count."""
+    tried = []
+    for count in range(len(ranking) + 1):
+        value = figure(known[count] if count in known else probe(ranking[:count]))
+        tried.append({"float": count, "figure": value})
+        if value >= goal:
+            break
+    return count, tried
 
 
 @contextlib.contextmanager
@@ -225,38 +256,38 @@ def _prober(
         yield probe
 
 
-def _fewest_float(
+def _accuracy_budget(
     fp32: Path,
     build: Callable[[Path, list[str]], None],
     teacher: Predictor,
     ranking: list[str],
-    method: str,
+    config: QuantizeConfig,
     eval_data: str,
-    max_drop: float,
 ) -> dict[str, Any]:
-    """Return the most sensitive MatMuls to float one at a time until accuracy on ``eval_data`` is
-    within ``max_drop`` points of fp32's (or all are float)."""
+    """The fewest of ``ranking`` in float that hold accuracy on ``eval_data`` within
+    ``config.max_drop`` points of fp32's."""
     if teacher.task != "classify":
         raise DataError("--eval-data measures accuracy: it needs a classifier bundle")
     examples = read_examples(eval_data)
     labels = np.asarray(encode_labels(examples, teacher.labels))
-    fp32_accuracy = float(np.mean(teacher.outputs(examples.texts)[0].argmax(-1) == labels))
-    tried = []
-    with _prober(fp32, build, teacher, examples.texts, method) as probe:
-        for count in range(len(ranking) + 1):
-            accuracy = float(np.mean(probe(ranking[:count]).argmax(-1) == labels))
-            tried.append({"float": count, "accuracy": accuracy})
-            if (fp32_accuracy - accuracy) * 100 <= max_drop:
-                break
-    log.info("%d MatMul(s) in float: accuracy %.4f against fp32's %.4f", count, accuracy, fp32_accuracy)
+
+    def accuracy(out: np.ndarray) -> float:
+        return float(np.mean(out.argmax(-1) == labels))
+
+    fp32_accuracy = accuracy(teacher.outputs(examples.texts)[0])
+    goal = fp32_accuracy - config.max_drop / 100 - 1e-9
+    with _prober(fp32, build, teacher, examples.texts, config.method) as probe:
+        count, tried = _fewest_float(ranking, probe, accuracy, goal, {})
+    int8_accuracy = tried[-1]["figure"]
+    log.info("%d MatMul(s) in float: accuracy %.4f against fp32's %.4f", count, int8_accuracy, fp32_accuracy)
     return {
         "kept_float": ranking[:count],
         "accuracy_budget": {
             "eval_data": eval_data,
             "fp32_accuracy": fp32_accuracy,
-            "int8_accuracy": accuracy,
-            "max_drop_points": max_drop,
-            "met": (fp32_accuracy - accuracy) * 100 <= max_drop,
+            "int8_accuracy": int8_accuracy,
+            "max_drop_points": config.max_drop,
+            "met": int8_accuracy >= goal,
             "tried": tried,
         },
     }

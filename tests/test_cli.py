@@ -61,12 +61,18 @@ def test_quantize_adds_int8(
     out = tmp_path / "b"
     assert run("export", "-m", str(tiny_classifier), "-o", str(out))[0] == 0
     assert not (out / "model.int8.onnx").exists()
-    code, stdout, _ = run("quantize", str(out), "--calibration-data", str(sentiment_files[0]), "--json")
+    data = ["--calibration-data", str(sentiment_files[0])]
+    distill = ["--calibration", "distill", "--target-agreement", "1"]
+    code, stdout, _ = run("quantize", str(out), *data, *distill, "--json")
     assert code == 0
     int8 = json.loads(stdout)["artifacts"]["int8"]
     assert int8["parent"] == "fp32"
-    assert int8["made_by"]["sensitivity"]["measured_on"] == f"256 texts of {sentiment_files[0]} (seed 0)"
-    assert len(int8["made_by"]["kept_float"]) == 1
+    made_by = int8["made_by"]
+    assert made_by["sensitivity"]["measured_on"] == f"256 texts of {sentiment_files[0]} (seed 0)"
+    target = made_by["agreement_target"]  # layers returned to float one at a time until it is met
+    assert target["target"] == 1 and target["met"] == (target["tried"][-1]["figure"] == 1)
+    assert all(t["figure"] < 1 for t in target["tried"][:-1])
+    assert [t["float"] for t in target["tried"]] == list(range(len(made_by["kept_float"]) + 1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 

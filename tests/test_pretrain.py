@@ -64,6 +64,17 @@ def test_next_sentence_pairs_are_balanced_and_real(corpus: Path) -> None:
     assert len(documents) > 50 and all(len(d) <= 6 for d in documents)
 
 
+def test_one_line_documents_give_their_halves() -> None:
+    documents = [[f"sentence number {i} has a few words"] for i in range(200)] + [["alone"]]
+    pairs = sentence_pairs(documents, random.Random(2))
+    assert len(pairs) == 200  # a one-word line has no halves
+    assert sum(label == 0 for _, _, label in pairs) / len(pairs) == pytest.approx(0.5, abs=0.1)
+    lines = {d[0] for d in documents}
+    for a, b, label in pairs:
+        assert a and b and a not in lines
+        assert (f"{a} {b}" in lines) == (label == 0) and (b in lines) == (label == 1)
+
+
 def test_pretrain_learns_saves_and_fine_tunes(
     corpus: Path, tmp_path: Path, sentiment_files: tuple[Path, Path]
 ) -> None:

@@ -2,8 +2,9 @@
 
 The recipe is the one ONNX Runtime's CPU provider turns into its fast INT8 kernels: u8 activations
 and per-channel s8 weights (the VNNI path), only the weight MatMuls quantized and their outputs left
-in float, so each becomes a ``MatMulIntegerToFloat`` fed by one ``QuantizeLinear``; the embedding
-tables are stored in int8 as dynamic INT8 stores them. Ranges are
+in float. The QDQ graph is then lowered to what ONNX Runtime runs: each quantized MatMul and its bias
+become one ``MatMulIntegerToFloat`` fed by a ``QuantizeLinear`` with the calibrated scale. The
+embedding tables are stored in int8 as dynamic INT8 stores them. Ranges are
 collected one text at a time, so memory does not grow with the number of samples (ONNX Runtime's own
 calibrators keep every intermediate tensor of the whole data set until the end).
 """
@@ -61,45 +62,55 @@ def weight_matmuls(model_path: Path) -> tuple[list[str], list[str]]:
     return weights, activations
 
 
-def collect_ranges(model_path: Path, feeds: Iterable[dict[str, np.ndarray]], method: str) -> Any:
-    """The ranges of every MatMul input over ``feeds`` (an ``onnxruntime.quantization.TensorsData``),
-    collected one feed at a time."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+def collect_ranges(
+    model_path: Path, feeds: Iterable[dict[str, np.ndarray]], methods: Iterable[str]
+) -> dict[str, Any]:
+    """The ranges of every MatMul input over ``feeds`` by each of ``methods`` (an
+    ``onnxruntime.quantization.TensorsData`` each), from one pass over the feeds, one at a time."""
+    from onnxruntime.quantization import CalibrationMethod, TensorsData, create_calibrator
+    from onnxruntime.quantization.calibrate import HistogramCollector
 
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
+    methods = list(methods)
+    for method in methods:
+        if method not in STATIC_METHODS:
+            choices = ", ".join(STATIC_METHODS)
+            raise EdgebertError(f"unknown calibration method '{method}': choose one of {choices}")
+    collectors = {  # configured as ONNX Runtime's calibrators configure them, but percentile is
+        # asymmetric: the symmetric default clips the sign of the positive-only GELU outputs
+        "percentile": HistogramCollector("percentile", False, 2048, 128, 99.999, "same"),
+        "entropy": HistogramCollector("entropy", False, 128, 128, 99.999, "same"),
     }
-    if method not in methods:
-        raise EdgebertError(f"unknown calibration method '{method}': choose one of {', '.join(methods)}")
-
-    class One(CalibrationDataReader):
-        def __init__(self, feed: dict[str, np.ndarray]) -> None:
-            self.feed: dict[str, np.ndarray] | None = feed
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            feed, self.feed = self.feed, None
-            return feed
-
-    # percentile: asymmetric ranges (the symmetric default clips the positive-only GELU outputs' sign)
-    options = {"percentile": {"symmetric": False, "percentile": 99.999}}.get(method, {})
+    low: dict[str, np.float32] = {}
+    high: dict[str, np.float32] = {}
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=model_path.parent) as tmp:
+        # a histogram calibrator's augmented model returns every MatMul input whole
         calibrator = create_calibrator(
             model_path,
             ["MatMul"],
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=methods[method],
-            extra_options=options,
+            calibrate_method=CalibrationMethod.Entropy,
         )
-        count = 0
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print as they go
+        session, names = calibrator.infer_session, sorted(calibrator.tensors_to_calibrate)
+        del calibrator  # and its copy of the model
+        outputs = [o.name for o in session.get_outputs()]
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram collectors print as they go
             for feed in feeds:
-                calibrator.collect_data(One(feed))
-                count += 1
-            if not count:
+                values = dict(zip(outputs, session.run(None, feed), strict=True))
+                for name in names:
+                    low[name] = min(low.get(name, np.float32(np.inf)), values[name].min())
+                    high[name] = max(high.get(name, np.float32(-np.inf)), values[name].max())
+                for method in methods:
+                    if method in collectors:
+                        collectors[method].collect({name: [values[name]] for name in names})
+            if not low:
                 raise EdgebertError("no calibration text: nothing to measure activation ranges on")
-            return calibrator.compute_data()
+            enums = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
+            return {
+                method: TensorsData(CalibrationMethod.MinMax, {n: (low[n], high[n]) for n in names})
+                if method == "minmax"
+                else TensorsData(enums[method], collectors[method].compute_collection_result())
+                for method in methods
+            }
 
 
 def quantize_static(source: Path, target: Path, ranges: Any, *, keep_float: list[str]) -> None:
@@ -131,29 +142,83 @@ def quantize_static(source: Path, target: Path, ranges: Any, *, keep_float: list
                 "WeightSymmetric": True,
             },
         )
-    _only_matmuls_see_int8(target)
+    _integer_matmuls(target)
 
 
-def _only_matmuls_see_int8(path: Path) -> None:
-    """Give every consumer of a quantized activation other than a MatMul the float tensor back.
+def _integer_matmuls(path: Path) -> None:
+    """Lower the QDQ graph to the INT8 kernels ONNX Runtime's CPU provider runs, bias included.
 
-    The QDQ quantizer routes all consumers through the DequantizeLinear, so the residual Add and
-    LayerNorm would carry INT8 rounding from layer to layer, where dynamic INT8 keeps them in float.
+    Each quantized MatMul (DequantizeLinear of a quantized activation times DequantizeLinear of an
+    int8 weight) and the bias Add after it become one ``MatMulIntegerToFloat``, as dynamic INT8's
+    MatMuls do. ONNX Runtime's own QDQ fusion makes the same node but leaves the bias Add behind, a
+    separate pass over every output. Every other reader of a quantized activation (the residual Add,
+    LayerNorm) gets the float tensor back: the QDQ quantizer routes it through DequantizeLinear,
+    which would carry INT8 rounding from layer to layer where dynamic INT8 keeps them in float.
     """
     import onnx
+    from onnx import helper
 
     model = onnx.load(str(path))
     graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     quantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
-    matmul_inputs = {i for n in graph.node if n.op_type == "MatMul" for i in n.input}
+    lowered: dict[int, Any] = {}
+    folded: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        a, b = (producer.get(name) for name in node.input)
+        if not (a and b) or {a.op_type, b.op_type} != {"DequantizeLinear"}:
+            continue
+        if a.input[0] not in quantized or b.input[0] not in initializers:
+            continue
+        inputs = [a.input[0], b.input[0], a.input[1], b.input[1], a.input[2], b.input[2]]
+        output = node.output[0]
+        after = readers.get(output, [])
+        if len(after) == 1 and after[0].op_type == "Add":
+            bias = next(name for name in after[0].input if name != output)
+            if bias in producer and producer[bias].op_type == "Identity":  # the exporter's shared copies
+                bias = producer[bias].input[0]
+            if bias in initializers and len(initializers[bias].dims) == 1:
+                inputs.append(bias)
+                output = after[0].output[0]
+                folded.add(id(after[0]))
+        lowered[id(node)] = helper.make_node(
+            "MatMulIntegerToFloat", inputs, [output], name=node.name, domain="com.microsoft"
+        )
     float_of = {  # the embedding tables' Gather keeps its int8 path, as in dynamic INT8
         n.output[0]: quantized[n.input[0]]
         for n in graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0] in quantized and n.output[0] in matmul_inputs
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in quantized
+        and any(r.op_type == "MatMul" for r in readers.get(n.output[0], []))
     }
-    for node in graph.node:
-        if node.op_type not in ("MatMul", "QuantizeLinear"):
-            for i, name in enumerate(node.input):
-                if name in float_of:
-                    node.input[i] = float_of[name]
+    nodes = [lowered.get(id(n), n) for n in graph.node if id(n) not in folded]
+    for node in nodes:
+        if node.op_type != "QuantizeLinear":
+            node.input[:] = [float_of.get(name, name) for name in node.input]
+    _keep_live(graph, nodes)
+    if all(o.domain != "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
+
+
+def _keep_live(graph: Any, nodes: list[Any]) -> None:
+    """Set ``graph``'s nodes to those of ``nodes`` that feed its outputs, and drop unread initializers."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for node in nodes for name in node.input} | outputs
+        live = [node for node in nodes if any(o in read for o in node.output)]
+        if len(live) == len(nodes):
+            break
+        nodes = live
+    del graph.node[:]
+    graph.node.extend(nodes)
+    initializers = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)

@@ -1,8 +1,8 @@
 """Distillation-aware calibration: the fp32 model is the teacher, the static INT8 model the student.
 
-Activation statistics are collected once per range method (minmax, percentile, entropy). The QDQ
-model is built once; then, one quantized activation at a time, each method's range is tried by
-rewriting that QuantizeLinear's scale and zero point in place (no re-quantization), and the range
+Activation statistics are collected in one pass for all three range methods (minmax, percentile,
+entropy). The INT8 model is built once; then, one quantized activation at a time, each method's
+range is tried by rewriting that QuantizeLinear's scale and zero point in place, and the range
 whose INT8 outputs diverge least from the teacher's (KL of the logits, or cosine distance of the
 embeddings) on the calibration texts is kept. BERT's outlier activations (the FFN input after GELU,
 LayerNorm outputs with a few huge channels) get a clipped range when clipping helps and the full
@@ -35,7 +35,7 @@ def distill_ranges(
 
     started = time.perf_counter()
     feeds = [teacher.encode([t])[0] for t in texts]  # tokenized once for the three methods
-    candidates = {method: collect_ranges(fp32, feeds, method) for method in STATIC_METHODS}
+    candidates = collect_ranges(fp32, feeds, STATIC_METHODS)
     limits = {method: bounds(ranges) for method, ranges in candidates.items()}
     collected = time.perf_counter() - started
     subset = texts[:search_texts]

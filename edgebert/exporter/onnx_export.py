@@ -35,7 +35,8 @@ class ExportConfig:
     ``tolerance`` is the largest absolute difference from torch accepted for the fp32 model.
     ``calibration``: dynamic INT8, or static with ranges by minmax/percentile/entropy or chosen per
     tensor by distillation-aware search (distill), measured on ``calibration_samples`` texts of
-    ``calibration_data`` (labels ignored); ``eval_data``/``max_drop``: see ``QuantizeConfig``.
+    ``calibration_data`` (labels ignored); ``target_agreement``, ``eval_data``, ``max_drop``: see
+    ``QuantizeConfig``.
     """
 
     model: str | None = None
@@ -49,6 +50,7 @@ class ExportConfig:
     calibration: str = "dynamic"
     calibration_data: str | None = None
     calibration_samples: int = 1024
+    target_agreement: float = 0.99
     eval_data: str | None = None
     max_drop: float = 0.5
 
@@ -85,7 +87,7 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         if config.quantize == "int8":
             from edgebert.quantizer import QuantizeConfig, quantize_into
 
-            log.info("quantizing to INT8 (dynamic, per-channel weights)")
+            log.info("quantizing to INT8 (%s, per-channel weights)", config.calibration)
             manifest = quantize_into(
                 stage,
                 manifest,
@@ -93,6 +95,7 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
                     method=config.calibration,
                     calibration_data=config.calibration_data,
                     calibration_samples=config.calibration_samples,
+                    target_agreement=config.target_agreement,
                     eval_data=config.eval_data,
                     max_drop=config.max_drop,
                 ),

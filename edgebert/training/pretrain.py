@@ -1,11 +1,12 @@
 """Pretrain a BERT from scratch with both of its objectives: masked-language modelling (15% of
 WordPiece tokens chosen; of those 80% [MASK], 10% a random token, 10% unchanged — transformers'
 DataCollatorForLanguageModeling) and next-sentence prediction ([CLS] A [SEP] B [SEP], B the real
-next sentence half of the time). The result is an ordinary ``BertForPreTraining`` checkpoint that
-``edgebert train`` fine-tunes."""
+next sentence half of the time; a one-line document is cut in two at a random word). The result is
+an ordinary ``BertForPreTraining`` checkpoint that ``edgebert train`` fine-tunes."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -63,20 +64,25 @@ def read_corpus(path: str | Path) -> list[list[str]]:
 
 
 def sentence_pairs(documents: list[list[str]], rng: random.Random) -> list[tuple[str, str, int]]:
-    """(A, B, label) for every consecutive pair of lines: label 0 when B really follows A (half of
-    the pairs), 1 when B is a random line from elsewhere (another document when there is one)."""
+    """(A, B, label) for every consecutive pair of lines, and for a document of one line its two
+    halves (cut at a random word): label 0 when B really follows A (half of the pairs), 1 when B is a
+    random line from elsewhere (another document when there is one)."""
     lines = [(d, i) for d, document in enumerate(documents) for i in range(len(document))]
     pairs = []
     for d, document in enumerate(documents):
-        for i in range(len(document) - 1):
+        consecutive = list(itertools.pairwise(document))
+        if len(document) == 1 and len(words := document[0].split()) > 1:
+            cut = rng.randrange(1, len(words))
+            consecutive = [(" ".join(words[:cut]), " ".join(words[cut:]))]
+        for i, (a, b) in enumerate(consecutive):
             if rng.random() < 0.5:
-                pairs.append((document[i], document[i + 1], 0))
+                pairs.append((a, b, 0))
                 continue
             while True:
                 other_d, other_i = rng.choice(lines)
                 if (other_d != d or len(documents) == 1) and (other_d, other_i) != (d, i + 1):
                     break
-            pairs.append((document[i], documents[other_d][other_i], 1))
+            pairs.append((a, documents[other_d][other_i], 1))
     return pairs
 
 
