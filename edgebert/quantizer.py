@@ -34,12 +34,14 @@ from edgebert.calibration import (
     collect_ranges,
     quantize_static,
     quiet_root_logger,
+    weight_matmuls,
 )
 from edgebert.calibration.search import distill_ranges
 from edgebert.data import encode_labels, read_examples
 from edgebert.errors import DataError, EdgebertError, ValidationError, require
 from edgebert.fidelity import divergence, fidelity
 from edgebert.runtime import Predictor
+from edgebert.runtime.predictor import batch_size_for
 from edgebert.samples import SENTENCES
 
 INT8_FILE = "model.int8.onnx"
@@ -187,15 +189,10 @@ def _choose_float_nodes(
     """Rank the FFN-output MatMuls by how close to fp32 the INT8 outputs come with that one node in
     float (KL of the logits, or cosine distance), then keep the most sensitive in float: the fewest
     that meet the target (accuracy on ``eval_data``, or for distill agreement on ``texts``), or a count."""
-    import onnx
-
-    names = [
-        n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "MatMul"
-    ]
     keep = config.keep_float if config.keep_float is not None or config.method == "distill" else 1
     if keep == 0 and config.eval_data is None:
         return {"kept_float": [], "sensitivity": {"divergence_if_kept_float": {}}}
-    candidates = [n for n in names if _FFN_OUTPUT.search(n)] if keep != 0 else []
+    candidates = [n for n in weight_matmuls(fp32)[0] if _FFN_OUTPUT.search(n)] if keep != 0 else []
     log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
     with _prober(fp32, build, teacher, texts, config.method) as probe:
         outputs = {node or "none": probe([node] if node else []) for node in [None, *candidates]}
@@ -245,13 +242,12 @@ def _prober(
     """A function that builds the INT8 model with the given nodes in float and returns its outputs
     on ``texts``, batched as the Predictor will run it. The probe lives in the staging directory,
     so that a killed export leaves none behind."""
-    batch = 1 if method == "dynamic" else None
     with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
         path = Path(tmp) / "probe.onnx"
 
         def probe(exclude: list[str]) -> np.ndarray:
             build(path, exclude)
-            return teacher.with_model(path).outputs(texts, batch_size=batch)[0]
+            return teacher.with_model(path).outputs(texts, batch_size=batch_size_for(method))[0]
 
         yield probe
 

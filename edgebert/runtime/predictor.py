@@ -76,7 +76,7 @@ class Predictor:
         self.session = open_session(self.bundle.file(self.precision), device, threads=threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
         made_by = self.bundle.manifest.artifacts[self.precision].made_by
-        self.batch_size = 1 if made_by.get("method") == "dynamic" else 32
+        self.batch_size = batch_size_for(made_by.get("method"))
 
     def with_model(self, path: Path | bytes, *, threads: int | None = None) -> Predictor:
         """A Predictor with this one's bundle and tokenizer running another model (a file, or a
@@ -155,6 +155,12 @@ class Predictor:
             )
             for p, t in zip(probs, truncated, strict=True)
         ]
+
+
+def batch_size_for(method: str | None) -> int:
+    """The batch a model made by ``method`` runs at: one text per call for dynamic INT8, whose
+    activation ranges (and so its answers) depend on the batch; 32 for the rest."""
+    return 1 if method == "dynamic" else 32
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
