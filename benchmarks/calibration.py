@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebert.benchmarks import Timing
-from edgebert.benchmarks.latency import measure_models
+from edgebert.benchmarks.latency import Subject, measure_models
 from edgebert.bundle import Bundle
 from edgebert.data import encode_labels, read_examples
 from edgebert.fidelity import fidelity
@@ -94,9 +94,11 @@ def main() -> None:
                 kept_float=made_by.get("kept_float", []),
                 made_by=made_by,
             )
-        subjects = {name: (path, "fp32" if name == "fp32" else "int8") for name, path in bundles.items()}
+        subjects = {
+            name: Subject(path, "fp32" if name == "fp32" else "int8", "cpu") for name, path in bundles.items()
+        }
         timed = measure_models(
-            subjects, "cpu", args.threads, [(1, 128), (8, 128)], Timing(min_runs=100, min_seconds=3.0)
+            subjects, args.threads, [(1, 128), (8, 128)], Timing(min_runs=100, min_seconds=3.0)
         )
         for name, result in timed.items():
             rows[name]["p50"] = {s["batch_size"]: s["latency_ms"]["p50"] for s in result["shapes"]}

@@ -97,7 +97,7 @@ def padding() -> dict:
 
 def distill(args: argparse.Namespace, work: Path) -> dict:
     from edgebert.benchmarks import Timing
-    from edgebert.benchmarks.latency import measure_models
+    from edgebert.benchmarks.latency import Subject, measure_models
 
     command = ["distill", "--teacher", args.teacher, "--data", SST2["data"], "--eval", SST2["eval"]]
     command += ["--student-layers", "3", "--out", str(work / "student"), "--force"]
@@ -107,9 +107,9 @@ def distill(args: argparse.Namespace, work: Path) -> dict:
         bundles[name] = work / f"{name}-bundle"
         export = ["export", "-m", model, "--quantize", "int8", "--calibration-data", SST2["data"]]
         cli(*export, "-o", str(bundles[name]), "--force")
-    subjects = {f"{name} int8": (path, "int8") for name, path in bundles.items()}
+    subjects = {f"{name} int8": Subject(path, "int8", "cpu") for name, path in bundles.items()}
     timing = Timing(warmup=10, min_runs=100, min_seconds=3.0)
-    timed = measure_models(subjects, "cpu", 2, [(1, 128), (8, 128)], timing)
+    timed = measure_models(subjects, 2, [(1, 128), (8, 128)], timing)
     latency = {
         label: {str(s["batch_size"]): s["latency_ms"]["p50"] for s in result["shapes"]}
         for label, result in timed.items()

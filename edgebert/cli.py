@@ -62,10 +62,11 @@ def main(quiet: bool) -> None:
 )
 @click.option(
     "--quantize",
-    type=click.Choice(["none", "int8"]),
+    type=click.Choice(["none", "int8", "fp16"]),
     default="none",
     show_default=True,
-    help="Also write an INT8 model (per-channel weights; dynamic or static, see --calibration).",
+    help="Also write an INT8 model (per-channel weights; dynamic or static, see --calibration; "
+    "NNCF's with --target openvino) or an fp16 model for GPUs.",
 )
 @click.option(
     "--max-length",
@@ -134,10 +135,12 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
 @BUNDLE
 @click.option(
     "--device",
-    type=click.Choice(["cpu", "gpu"]),
+    "devices",
     default="cpu",
     show_default=True,
-    help="cpu: ONNX Runtime CPU; gpu: ONNX Runtime CUDA (needs edgebert[gpu] and an NVIDIA GPU).",
+    help="Comma-separated targets, measured in one run: cpu (ONNX Runtime CPU), openvino (OpenVINO "
+    "CPU: the IR models, fp32 both at f32 and at OpenVINO's default precision), gpu (ONNX Runtime "
+    "CUDA: fp32, fp16; needs edgebert[gpu] and an NVIDIA GPU).",
 )
 @click.option(
     "--data",
@@ -154,11 +157,17 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     show_default=True,
     help="Comma-separated sequence lengths (tokens).",
 )
+@click.option(
+    "--real-text",
+    is_flag=True,
+    help="Time the --data texts (or the built-in sentences) one at a time at their own lengths, "
+    "tokenization included, instead of synthetic batches: what a device sees.",
+)
 @click.option("--precision", "precisions", help="Comma-separated models to run (default: all in the bundle).")
 @click.option(
     "--threads",
     type=click.IntRange(1),
-    help="Intra-op threads (default: ONNX Runtime's, one per physical core).",
+    help="Intra-op threads (default: each runtime's, one per physical core).",
 )
 @click.option(
     "--min-runs",
@@ -177,55 +186,82 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
 @click.option(
     "--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed warm-up runs per shape."
 )
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write report.json, report.csv, report.md and latency-vs-accuracy plots (PNG, Pareto "
+    "front marked) into this directory.",
+)
 @click.option("--no-save", is_flag=True, help="Do not write the report to BUNDLE/reports/.")
 @JSON
 @explained
 def bench(
     bundle: Path,
-    device: str,
+    devices: str,
     data: str | None,
     batch_sizes: str,
     seq_lens: str,
+    real_text: bool,
     precisions: str | None,
     threads: int | None,
     min_runs: int,
     min_seconds: float,
     warmup: int,
+    report_dir: Path | None,
     no_save: bool,
     as_json: bool,
 ) -> None:
-    """Measure latency, throughput, memory, size and accuracy of every model in BUNDLE."""
+    """Measure latency, throughput, memory, size and accuracy of every model in BUNDLE on each target."""
     from edgebert.benchmarks import BenchConfig, Timing
     from edgebert.benchmarks import bench as run_bench
-    from edgebert.benchmarks.report import render
+    from edgebert.benchmarks.report import render, write_report
 
     config = BenchConfig(
-        device=device,
+        devices=tuple(dict.fromkeys(d.strip() for d in devices.split(","))),
         batch_sizes=ints(batch_sizes),
         seq_lens=ints(seq_lens),
         precisions=tuple(precisions.split(",")) if precisions else None,
         data=data,
+        real_text=real_text,
         threads=threads,
         timing=Timing(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds),
         save=not no_save,
     )
     report = run_bench(str(bundle), config)
+    written = write_report(report, report_dir) if report_dir else []
     if as_json:
         print_json(report)
     else:
         console.print(render(report))
         if "saved_to" in report:
             errors.print(f"report saved to {report['saved_to']}")
+    for path in written:
+        errors.print(f"wrote {path}")
+    for line in report["skipped"] + report["warnings"]:
+        errors.print(f"warning: {line}", markup=False)
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("texts", nargs=-1)
 @click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
+@click.option(
+    "--backend",
+    type=click.Choice(["cpu", "openvino", "gpu", "tensorrt"]),
+    help="Runtime (default: ONNX Runtime CPU, or OpenVINO for an OpenVINO IR --precision).",
+)
 @click.option("--pair", is_flag=True, help="Read TEXTS two at a time as (text, text_pair) sentence pairs.")
 @JSON
 @explained
-def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: bool, as_json: bool) -> None:
+def predict(
+    bundle: Path,
+    texts: tuple[str, ...],
+    precision: str | None,
+    backend: str | None,
+    pair: bool,
+    as_json: bool,
+) -> None:
     """Predict TEXTS with BUNDLE (one text per line on stdin when no TEXTS are given)."""
     from edgebert.runtime import Predictor
 
@@ -237,7 +273,7 @@ def predict(bundle: Path, texts: tuple[str, ...], precision: str | None, pair: b
         if len(items) % 2:
             raise click.BadParameter("--pair needs an even number of texts")
         items = list(zip(items[::2], items[1::2], strict=True))
-    predictor = Predictor(bundle, precision=precision)
+    predictor = Predictor(bundle, precision=precision, backend=backend)
     results = predictor.predict(items)
     if as_json:
         print_json([{"text": t, **r.to_dict()} for t, r in zip(items, results, strict=True)])

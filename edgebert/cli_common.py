@@ -54,6 +54,21 @@ CALIBRATION_DATA = click.option(
     "stay in float. Default: the built-in sentences. Never your evaluation file.",
 )
 
+TARGET = [
+    click.option(
+        "--target",
+        type=click.Choice(["onnx", "openvino"]),
+        default="onnx",
+        show_default=True,
+        help="onnx: ONNX Runtime INT8 (model.int8.onnx); openvino: the OpenVINO IR (.xml + .bin) of "
+        "the validated ONNX model and, with INT8, NNCF's INT8 model calibrated on the same text "
+        "(--calibration distill: NNCF's accuracy control keeps --target-agreement with fp32).",
+    ),
+    click.option(
+        "--fp16-weights", is_flag=True, help="openvino: store the IR's weights in fp16 (default fp32)."
+    ),
+]
+
 
 PRECISION = click.option(
     "--precision",
@@ -65,9 +80,10 @@ PRECISION = click.option(
 
 
 def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """How INT8 is calibrated: ``--calibration`` (``default``), its data, and the target that decides
-    which layers stay in float."""
+    """Where the model goes (``--target``) and how INT8 is calibrated: ``--calibration``
+    (``default``), its data, and the target that decides which layers stay in float."""
     options = [
+        *TARGET,
         click.option(
             "--calibration",
             type=click.Choice(["dynamic", "minmax", "percentile", "entropy", "distill"]),

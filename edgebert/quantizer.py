@@ -62,6 +62,9 @@ class QuantizeConfig:
     for embeddings); the other methods keep the most sensitive one, or ``keep_float`` of them. With
     ``eval_data`` (a labeled file, never the calibration file) every method returns the fewest that
     hold accuracy within ``max_drop`` points of fp32's.
+    ``target``: ``onnx`` (ONNX Runtime INT8, ``model.int8.onnx``) or ``openvino`` (the OpenVINO IR and
+    its NNCF INT8 model, see ``edgebert.exporter.openvino``; ``fp16_weights`` stores the IR's
+    weights in fp16).
     Tolerances: classify, the share of sentences whose argmax label is unchanged (``min_agreement``)
     and the largest change of a class probability (``max_prob_diff``); embed, the mean and the
     smallest cosine similarity of the embeddings (``min_mean_cosine``, ``min_cosine``).
@@ -77,6 +80,8 @@ class QuantizeConfig:
     eval_data: str | None = None
     max_drop: float = 0.5
     seed: int = 0
+    target: str = "onnx"
+    fp16_weights: bool = False
     min_agreement: float = 0.9
     max_prob_diff: float = 0.25
     min_mean_cosine: float = 0.98
@@ -84,7 +89,8 @@ class QuantizeConfig:
 
 
 def quantize(bundle: str | Path, config: QuantizeConfig = QuantizeConfig()) -> Bundle:
-    """Add ``model.int8.onnx`` to an existing bundle (replacing any earlier one), atomically."""
+    """Add ``model.int8.onnx`` (with ``target="openvino"``, the OpenVINO IR and its INT8 model) to an
+    existing bundle, replacing any earlier one, atomically."""
     source = Bundle.load(bundle)
     with staging(source.path, start_from=source.path) as stage:
         manifest = quantize_into(stage, read_manifest(stage), config)
@@ -94,6 +100,12 @@ def quantize(bundle: str | Path, config: QuantizeConfig = QuantizeConfig()) -> B
 
 def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Manifest:
     """Quantize ``stage``'s fp32 model into ``stage``, validate it and return the updated manifest."""
+    if config.target == "openvino":
+        from edgebert.exporter.openvino import openvino_into
+
+        return openvino_into(stage, manifest, config, int8=True)
+    if config.target != "onnx":
+        raise EdgebertError(f"unknown target '{config.target}': use onnx or openvino")
     if config.method not in METHODS:
         choices = ", ".join(METHODS)
         raise EdgebertError(f"unknown quantization method '{config.method}': choose one of {choices}")
@@ -103,6 +115,7 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     teacher = Predictor(Bundle(stage, manifest), precision="fp32")
     texts, measured_on = calibration_texts(config)
     reference, _ = teacher.outputs(texts)
+    teacher.session = None  # its tokenizer is all that is needed from here: free fp32's weights
     (stage / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier static model's
     manifest = dataclasses.replace(
         manifest, artifacts={k: v for k, v in manifest.artifacts.items() if k != "calibration"}
@@ -270,7 +283,7 @@ def _accuracy_budget(
     def accuracy(out: np.ndarray) -> float:
         return float(np.mean(out.argmax(-1) == labels))
 
-    fp32_accuracy = accuracy(teacher.outputs(examples.texts)[0])
+    fp32_accuracy = accuracy(teacher.with_model(fp32).outputs(examples.texts)[0])
     goal = fp32_accuracy - config.max_drop / 100 - 1e-9
     with _prober(fp32, build, teacher, examples.texts, config.method) as probe:
         count, tried = _fewest_float(ranking, probe, accuracy, goal, {})

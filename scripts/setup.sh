@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing or out of date) with edgebert, its training/export extras and dev tools.
+# Create .venv (if missing or out of date) with edgebert, its training/export, OpenVINO and report
+# extras and dev tools.
 # torch is pinned to 2.13.0: on our machines that is a CPU wheel on local disk; a bare `torch`
 # would pull a multi-GB CUDA build.
 set -euo pipefail
@@ -14,5 +15,5 @@ echo "setting up .venv (first run takes a few minutes)" >&2
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[train,dev]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[train,openvino,report,dev]"
 echo "$want" > "$stamp"

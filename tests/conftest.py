@@ -26,6 +26,21 @@ def requires_shared(*parts: str) -> Path:
     return path
 
 
+def assert_torch_free(statement: str) -> None:
+    """Run ``statement`` in a fresh interpreter and fail if torch (or another heavy library) was
+    imported by it."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; {statement}; "
+        "heavy = [m for m in ('torch', 'transformers', 'optimum', 'onnx', 'nncf') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     rows = []

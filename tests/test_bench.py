@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from edgebert.benchmarks import BenchConfig, Timing, bench
-from edgebert.benchmarks.latency import latency_stats
+from edgebert.benchmarks.latency import latency_stats, noisy
+from edgebert.benchmarks.report import pareto
 from edgebert.errors import EdgebertError
 from edgebert.runtime import BackendError
 
@@ -14,7 +15,10 @@ QUICK = Timing(warmup=2, min_runs=5, min_seconds=0.0, max_seconds=5.0)
 ROW_KEYS = {
     "name",
     "precision",
-    "device",
+    "target",
+    "model",
+    "inference_precision",
+    "noisy",
     "batch_size",
     "seq_len",
     "latency_ms",
@@ -63,10 +67,35 @@ def test_bench_refuses_bad_requests(classify_bundle: Path) -> None:
     with pytest.raises(EdgebertError, match="no fp16 model"):
         bench(str(classify_bundle), BenchConfig(precisions=("fp16",), timing=QUICK, save=False))
     with pytest.raises(BackendError, match="no CUDA device visible"):
-        bench(str(classify_bundle), BenchConfig(device="gpu", timing=QUICK, save=False))
+        bench(str(classify_bundle), BenchConfig(devices=("gpu",), timing=QUICK, save=False))
 
 
 def test_latency_stats_are_percentiles() -> None:
     stats = latency_stats([i / 1000 for i in range(1, 101)])
     assert stats["p50"] == pytest.approx(50.5) and stats["p99"] == pytest.approx(99.01)
     assert stats["min"] == pytest.approx(1) and stats["max"] == pytest.approx(100)
+
+
+def test_noisy_runs_are_flagged_on_synthetic_timings() -> None:
+    steady = latency_stats([0.010] * 98 + [0.012, 0.013])
+    assert not noisy(steady)
+    spiky = latency_stats([0.010] * 97 + [0.030, 0.040, 0.050])
+    assert spiky["p99"] > 2 * spiky["p50"] and noisy(spiky)
+
+
+def test_pareto_front() -> None:
+    # (latency, accuracy): the second is slower and less accurate than the first; the last two trade
+    points = [(5.0, 0.89), (6.0, 0.88), (9.0, 0.90), (2.0, 0.85), (9.0, 0.89)]
+    assert pareto(points) == [3, 0, 2]
+
+
+def test_fp16_model_is_validated_and_left_to_gpus(tiny_classifier: Path, tmp_path: Path) -> None:
+    from edgebert.exporter import ExportConfig, export
+
+    bundle = export(tmp_path / "b", ExportConfig(model=str(tiny_classifier), quantize="fp16"))
+    fp16 = bundle.manifest.artifacts["fp16"]
+    assert fp16.precision == "fp16" and fp16.parent == "fp32"
+    assert fp16.validation["agreement"] >= 0.9 and fp16.validation["max_abs_diff"] < 0.05
+    assert bundle.file("fp16").stat().st_size < 0.6 * bundle.file("fp32").stat().st_size
+    report = bench(str(bundle.path), BenchConfig(batch_sizes=(1,), seq_lens=(8,), timing=QUICK, save=False))
+    assert [r["model"] for r in report["results"]] == ["fp32"]  # ONNX Runtime CPU has no fast fp16

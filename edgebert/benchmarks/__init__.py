@@ -1,82 +1,99 @@
-"""``edgebert bench``: latency, throughput, memory, size and accuracy of every model in a bundle,
-measured the same way, in one run. No torch."""
+"""``edgebert bench``: latency, throughput, memory, size and accuracy of every model in a bundle on
+every requested target (ONNX Runtime CPU, OpenVINO, ONNX Runtime CUDA/TensorRT), measured the same
+way, in one run, in one report. No torch."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgebert import __version__
 from edgebert.atomic import write_json
-from edgebert.benchmarks.latency import PERCENTILE_METHOD, Timing, measure_models
+from edgebert.benchmarks.latency import (
+    NOISY_SPREAD,
+    PERCENTILE_METHOD,
+    Shape,
+    Subject,
+    Timing,
+    measure_models,
+)
 from edgebert.benchmarks.system import system_info
 from edgebert.bundle import REPORTS, Bundle
 from edgebert.data import encode_labels, read_examples
 from edgebert.errors import BundleError, EdgebertError
 from edgebert.fidelity import fidelity
-from edgebert.runtime import Predictor, require_backend
+from edgebert.runtime import BACKENDS, Predictor, require_backend
 from edgebert.samples import SENTENCES
 
 __all__ = ["BenchConfig", "Timing", "bench"]
 
 log = logging.getLogger("edgebert")
+GPU_INT8 = (
+    "ONNX Runtime's CUDA provider has no INT8 kernels for these models: INT8 on a GPU runs through "
+    "TensorRT (onnxruntime-gpu with the TensorRT provider), which is not installed here"
+)
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure. ``data`` is a labeled file for accuracy (agreement alone without labels);
-    without it, agreement is measured on the built-in sentences."""
+    """What to measure. ``devices``: targets (cpu, openvino, gpu), each running the bundle models it
+    reads. ``precisions``: model names (on openvino, ``int8`` means ``openvino-int8``). ``data``: a
+    labeled file for accuracy (agreement alone without labels; the built-in sentences without it).
+    ``real_text``: time the ``data`` texts one at a time at their own lengths, tokenization included,
+    instead of synthetic batches of ``batch_sizes`` x ``seq_lens``."""
 
-    device: str = "cpu"
+    devices: tuple[str, ...] = ("cpu",)
     batch_sizes: tuple[int, ...] = (1, 8)
     seq_lens: tuple[int, ...] = (128,)
     precisions: tuple[str, ...] | None = None
     data: str | None = None
+    real_text: bool = False
     threads: int | None = None
     timing: Timing = field(default_factory=Timing)
     save: bool = True
 
 
 def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, Any]:
-    """Measure every requested precision of the bundle; return (and save under reports/) the report."""
+    """Measure every requested model of the bundle on every requested target; return (and save under
+    reports/) the report."""
     bundle = Bundle.load(bundle_path)
-    require_backend(config.device)
-    models = bundle.models()
-    precisions = config.precisions or tuple(models)
-    missing = [p for p in precisions if p not in models]
-    if missing:
-        raise BundleError(
-            f"bundle '{bundle.path}' has no {', '.join(missing)} model (it has: {', '.join(models)})"
-        )
+    for device in config.devices:
+        require_backend(device)
+    subjects, skipped = _subjects(bundle, config)
     too_long = [s for s in config.seq_lens if not 2 <= s <= bundle.manifest.max_length]
     if too_long or not config.batch_sizes or min(config.batch_sizes) < 1:
         raise EdgebertError(
             f"--seq-len must be 2..{bundle.manifest.max_length} (the bundle's max_length) "
             "and --batch-size at least 1"
         )
-    quality = _quality(bundle, precisions, config)
-    shapes = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
-    described = ", ".join(f"batch {b} x {s} tokens" for b, s in shapes)
-    log.info("timing %s on %s, taking turns, at %s", ", ".join(precisions), config.device, described)
-    subjects = {p: (bundle.path, p) for p in precisions}
-    timed = measure_models(subjects, config.device, config.threads, shapes, config.timing)
+    texts, labels = _quality_data(bundle, config)
+    quality = _quality(bundle, subjects, texts, labels)
+    shapes: list[Shape] = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
+    if config.real_text:
+        shapes = [("real", tuple(texts))]
+    log.info("timing %s, taking turns, on %s", ", ".join(subjects), _describe(shapes))
+    timed = measure_models(subjects, config.threads, shapes, config.timing)
     results = []
-    for precision in precisions:
-        measured = timed[precision]
-        size_mb = bundle.file(precision).stat().st_size / 2**20
+    for label, subject in subjects.items():
+        measured = timed[label]
+        precision = bundle.manifest.artifacts[subject.model].precision or "fp32"
+        computed = measured.pop("inference_precision")
         for shape in measured.pop("shapes"):
             results.append(
                 {
-                    "name": f"{precision} b{shape['batch_size']} s{shape['seq_len']}",
+                    "name": f"{label} b{shape['batch_size']} s{shape['seq_len']}",
+                    "target": subject.device,
+                    "model": subject.model,
                     "precision": precision,
-                    "device": config.device,
+                    "inference_precision": _computed(precision, computed),
                     **shape,
-                    **quality[precision],
-                    "size_mb": size_mb,
+                    **quality[label],
+                    "size_mb": model_size_mb(bundle, subject.model),
                     **measured,
                 }
             )
@@ -85,43 +102,131 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(bundle.path),
         "task": bundle.manifest.task,
-        "device": config.device,
-        "threads": config.threads or "onnxruntime default (one per physical core)",
+        "devices": list(config.devices),
+        "threads": config.threads or "each runtime's default (one per physical core)",
         "percentile_method": PERCENTILE_METHOD,
         "quality_data": config.data or "built-in sentences (agreement only)",
+        "timed_on": "real text, one at a time, tokenization included" if config.real_text else "synthetic",
         "timing": asdict(config.timing),
         "system": system_info(),
         "results": results,
+        "skipped": skipped,
+        "warnings": _warnings(results),
     }
     if config.save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        report["saved_to"] = str(bundle.path / REPORTS / f"bench-{config.device}-{stamp}.json")
-        write_json(bundle.path / REPORTS / f"bench-{config.device}-{stamp}.json", report)
+        saved = bundle.path / REPORTS / f"bench-{'-'.join(config.devices)}-{stamp}.json"
+        report["saved_to"] = str(saved)
+        write_json(saved, report)
     return report
 
 
-def _quality(bundle: Bundle, precisions: tuple[str, ...], config: BenchConfig) -> dict[str, dict[str, Any]]:
-    """Accuracy on labeled data (classify) and agreement with fp32 for every precision."""
+def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], list[str]]:
+    """What runs where: each target's models, OpenVINO's fp32 both at f32 and at its default
+    precision (bf16 on CPUs with AVX-512 BF16), and why a model a target cannot run was left out."""
+    models = bundle.models()
+    wanted = config.precisions or tuple(models)
+    missing = [p for p in wanted if p not in models and f"openvino-{p}" not in models]
+    if missing:
+        raise BundleError(
+            f"bundle '{bundle.path}' has no {', '.join(missing)} model (it has: {', '.join(models)})"
+        )
+    subjects: dict[str, Subject] = {}
+    skipped = []
+    for device in config.devices:
+        for name, art in models.items():
+            named = name in wanted or (device == "openvino" and name.removeprefix("openvino-") in wanted)
+            if not named or not _runs_on(device, name, art.file, art.precision, models):
+                continue
+            if device == "gpu" and art.precision == "int8":
+                if BACKENDS["tensorrt"].available():
+                    subjects[f"tensorrt:{name}"] = Subject(bundle.path, name, "tensorrt")
+                else:
+                    skipped.append(f"gpu:{name}: {GPU_INT8}")
+                continue
+            if device == "openvino" and art.precision == "fp32":
+                subjects[f"openvino:{name}@f32"] = Subject(bundle.path, name, device, "f32")
+            subjects[f"{device}:{name}"] = Subject(bundle.path, name, device)
+    if not subjects:
+        raise BundleError(
+            f"none of the bundle's models ({', '.join(models)}) runs on {', '.join(config.devices)}"
+        )
+    return subjects, skipped
+
+
+def _runs_on(device: str, name: str, file: str, precision: str | None, models: dict[str, Any]) -> bool:
+    """Whether bench runs a model on a target: OpenVINO runs the IR models (the ONNX fp32 model when
+    there is no IR), ONNX Runtime the ONNX models (fp16 on a GPU only)."""
+    if Path(file).suffix not in BACKENDS[device].suffixes:
+        return False
+    if device == "openvino":
+        return Path(file).suffix == ".xml" or (name == "fp32" and "openvino-fp32" not in models)
+    return device != "cpu" or precision != "fp16"
+
+
+def _computed(precision: str, computed: str | None) -> str:
+    """What a model computes in: its own precision on ONNX Runtime; on OpenVINO what the plugin says
+    (an INT8 model's unquantized operations run at that precision)."""
+    if computed is None:
+        return precision
+    return f"int8 + {computed}" if precision == "int8" else computed
+
+
+def model_size_mb(bundle: Bundle, name: str) -> float:
+    """A model's size on disk: its file and its weights file (an OpenVINO IR's .bin), if any."""
+    parts = [name] + [
+        n for n, a in bundle.manifest.artifacts.items() if a.kind == "weights" and a.parent == name
+    ]
+    return sum(bundle.file(part).stat().st_size for part in parts) / 2**20
+
+
+def _describe(shapes: list[Shape]) -> str:
+    if shapes[0][0] == "real":
+        return f"{len(shapes[0][1])} real texts, one at a time"
+    return ", ".join(f"batch {b} x {s} tokens" for b, s in shapes)
+
+
+def _warnings(results: list[dict[str, Any]]) -> list[str]:
+    noisy = [r["name"] for r in results if r["noisy"]]
+    if not noisy:
+        return []
+    return [
+        f"p99 was more than {NOISY_SPREAD:g}x p50 for {', '.join(noisy)}: the machine was busy or the "
+        "timings are unstable; close other work and rerun, or read the ratios rather than the times"
+    ]
+
+
+def _quality_data(bundle: Bundle, config: BenchConfig) -> tuple[list[Any], np.ndarray | None]:
     examples = read_examples(config.data, labeled=False) if config.data else None
     texts = examples.texts if examples else list(SENTENCES)
     labels = None
     if examples is not None and examples.labels is not None and bundle.manifest.task == "classify":
         labels = np.asarray(encode_labels(examples, bundle.manifest.labels or ()))
-    reference = "fp32" if "fp32" in bundle.models() else precisions[0]
-    outputs = {}
-    for precision in dict.fromkeys((reference, *precisions)):
-        log.info("running %s on %d texts for accuracy and agreement", precision, len(texts))
-        outputs[precision] = Predictor(bundle, precision=precision, device=config.device).outputs(texts)[0]
+    return texts, labels
+
+
+def _quality(
+    bundle: Bundle, subjects: dict[str, Subject], texts: list[Any], labels: np.ndarray | None
+) -> dict[str, dict[str, Any]]:
+    """Accuracy on labeled data (classify) and agreement with the fp32 model on ONNX Runtime CPU."""
+    reference_name = "fp32" if "fp32" in bundle.models() else next(iter(bundle.models()))
+    log.info("running the models on %d texts for accuracy and agreement", len(texts))
+    reference = Predictor(bundle, precision=reference_name, backend="cpu").outputs(texts)[0]
     quality = {}
-    for precision in precisions:
-        agreement = fidelity(bundle.manifest.task, outputs[reference], outputs[precision])
-        quality[precision] = {
-            "accuracy": float(np.mean(outputs[precision].argmax(-1) == labels))
-            if labels is not None
-            else None,
+    for label, subject in subjects.items():
+        predictor = Predictor(
+            bundle,
+            precision=subject.model,
+            backend=subject.device,
+            inference_precision=subject.inference_precision,
+        )
+        outputs = predictor.outputs(texts)[0]
+        agreement = fidelity(bundle.manifest.task, reference, outputs)
+        quality[label] = {
+            "accuracy": float(np.mean(outputs.argmax(-1) == labels)) if labels is not None else None,
             "agreement": agreement["agreement"],
             "agreement_metric": "argmax agreement" if bundle.manifest.task == "classify" else "mean cosine",
-            "agreement_with": reference,
+            "agreement_with": f"{reference_name} on ONNX Runtime CPU",
             "quality_samples": len(texts),
         }
     return quality

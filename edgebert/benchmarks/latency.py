@@ -5,8 +5,10 @@ No torch."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 PERCENTILE_METHOD = "linear"  # numpy's default: interpolates between the two nearest ranks
+NOISY_SPREAD = 2.0  # p99 / p50 above this: the machine was busy, or the model's time is unstable
 
 
 @dataclass(frozen=True)
@@ -32,32 +35,42 @@ class Timing:
     pause: float = 0.05
 
 
+@dataclass(frozen=True)
+class Subject:
+    """One thing to time: a bundle's model on a device, with OpenVINO's ``inference_precision`` hint
+    (None: the runtime's default) and the Predictor's ``pad_to_multiple_of`` (None: the backend's)."""
+
+    bundle: Path
+    model: str
+    device: str
+    inference_precision: str | None = None
+    pad_to_multiple_of: int | None = None
+
+
+Shape = tuple[int, int] | tuple[str, tuple[Any, ...]]  # (batch, seq_len), or ("real", texts)
+
+
 def measure_models(
-    models: dict[str, tuple[Path, str]],
-    device: str,
-    threads: int | None,
-    shapes: list[tuple[int, int]],
-    timing: Timing,
+    subjects: dict[str, Subject], threads: int | None, shapes: list[Shape], timing: Timing
 ) -> dict[str, dict[str, Any]]:
-    """Time each model, named by a label and given as (bundle, precision), at every (batch, seq_len),
-    taking turns; one child process per model."""
+    """Time each subject, named by a label, at every shape, taking turns; one child process each.
+    A shape is (batch, seq_len) of synthetic text, or ("real", texts): one text per call at its own
+    length, tokenization included, as a device sees them."""
     context = multiprocessing.get_context("spawn")
     children: dict[str, tuple[Any, Connection]] = {}
     try:
-        for label, (bundle, precision) in models.items():
+        for label, subject in subjects.items():
             parent_end, child_end = context.Pipe()
-            process = context.Process(
-                target=_child, args=(child_end, str(bundle), precision, device, threads), daemon=True
-            )
+            process = context.Process(target=_child, args=(child_end, subject, threads), daemon=True)
             process.start()
             children[label] = (process, parent_end)
         results = {p: _receive(conn) for p, (_, conn) in children.items()}
         for p in results:
             results[p]["shapes"] = []
-        for batch, seq_len in shapes:
-            timings = _time_shape({p: conn for p, (_, conn) in children.items()}, batch, seq_len, timing)
+        for shape in shapes:
+            timings = _time_shape({p: conn for p, (_, conn) in children.items()}, shape, timing)
             for p, seconds in timings.items():
-                results[p]["shapes"].append(_summary(batch, seq_len, seconds, timing))
+                results[p]["shapes"].append(_summary(shape, seconds, timing))
         for p, (_, conn) in children.items():
             conn.send(("stop",))
             results[p].update(_receive(conn))
@@ -70,11 +83,9 @@ def measure_models(
                 process.kill()
 
 
-def _time_shape(
-    conns: dict[str, Connection], batch: int, seq_len: int, timing: Timing
-) -> dict[str, list[float]]:
+def _time_shape(conns: dict[str, Connection], shape: Shape, timing: Timing) -> dict[str, list[float]]:
     for conn in conns.values():
-        conn.send(("warmup", batch, seq_len, timing.warmup))
+        conn.send(("warmup", shape, timing.warmup))
         _receive(conn)
     seconds: dict[str, list[float]] = {p: [] for p in conns}
     began = time.perf_counter()
@@ -88,15 +99,23 @@ def _time_shape(
     return seconds
 
 
-def _summary(batch: int, seq_len: int, seconds: list[float], timing: Timing) -> dict[str, Any]:
+def _summary(shape: Shape, seconds: list[float], timing: Timing) -> dict[str, Any]:
+    batch, seq_len = (1, "real") if shape[0] == "real" else shape
+    stats = latency_stats(seconds)
     return {
         "batch_size": batch,
         "seq_len": seq_len,
-        "latency_ms": latency_stats(seconds),
-        "throughput_per_s": batch * len(seconds) / sum(seconds),
+        "latency_ms": stats,
+        "throughput_per_s": int(batch) * len(seconds) / sum(seconds),
         "runs": len(seconds),
         "warmup_runs": timing.warmup,
+        "noisy": noisy(stats),
     }
+
+
+def noisy(stats: dict[str, float], limit: float = NOISY_SPREAD) -> bool:
+    """Whether the spread of the timings (p99 / p50 above ``limit``) says the machine was busy."""
+    return stats["p99"] > limit * stats["p50"]
 
 
 def latency_stats(seconds: list[float]) -> dict[str, float]:
@@ -112,19 +131,29 @@ def _receive(conn: Connection) -> dict[str, Any]:
     return reply
 
 
-def _child(conn: Connection, bundle_path: str, precision: str, device: str, threads: int | None) -> None:
+def _child(conn: Connection, subject: Subject, threads: int | None) -> None:
     """Serve timing requests for one model until told to stop; errors are sent back to the parent."""
     try:
         from edgebert.bundle import Bundle
-        from edgebert.runtime import load_tokenizer, open_session
+        from edgebert.runtime import Predictor, computed_in
 
-        bundle = Bundle.load(bundle_path)
+        bundle = Bundle.load(subject.bundle)
         start = time.perf_counter()
-        session = open_session(bundle.file(precision), device, threads=threads)
-        conn.send({"load_ms": (time.perf_counter() - start) * 1000})
-        inputs = {i.name for i in session.get_inputs()}
-        tokenizer = load_tokenizer(bundle.file("tokenizer"), bundle.manifest.max_length)
-        feeds: dict[str, np.ndarray] = {}
+        predictor = Predictor(
+            bundle,
+            precision=subject.model,
+            backend=subject.device,
+            threads=threads,
+            inference_precision=subject.inference_precision,
+            pad_to_multiple_of=subject.pad_to_multiple_of,
+        )
+        conn.send(
+            {
+                "load_ms": (time.perf_counter() - start) * 1000,
+                "inference_precision": computed_in(predictor.session),
+            }
+        )
+        step: Callable[[], Any] = lambda: None  # noqa: E731
         first_ms = None
         while True:
             request = conn.recv()
@@ -132,23 +161,36 @@ def _child(conn: Connection, bundle_path: str, precision: str, device: str, thre
                 conn.send({"first_inference_ms": first_ms, "peak_rss_mb": _peak_rss_mb()})
                 return
             if request[0] == "warmup":
-                _, batch, seq_len, warmup = request
-                feeds = {k: v for k, v in synthetic_feeds(tokenizer, batch, seq_len).items() if k in inputs}
+                _, shape, warmup = request
+                step = _step(predictor, shape)
                 start = time.perf_counter()
-                session.run(None, feeds)
+                step()
                 first_ms = first_ms if first_ms is not None else (time.perf_counter() - start) * 1000
                 for _ in range(warmup):
-                    session.run(None, feeds)
+                    step()
                 conn.send({})
             else:
                 seconds: list[float] = []
                 while not seconds or sum(seconds) < request[1]:
                     start = time.perf_counter()
-                    session.run(None, feeds)
+                    step()
                     seconds.append(time.perf_counter() - start)
                 conn.send({"seconds": seconds})
     except BaseException as exc:  # the parent re-raises it
         conn.send(exc)
+
+
+def _step(predictor: Any, shape: Shape) -> Callable[[], Any]:
+    """One timed call: the model on a fixed synthetic batch, or the next real text (tokenized and
+    run, as ``Predictor.outputs`` does for one text)."""
+    session, output = predictor.session, [predictor.bundle.manifest.output_name]
+    if shape[0] == "real":
+        texts = itertools.cycle(shape[1])
+        return lambda: session.run(output, predictor.encode([next(texts)])[0])
+    batch, seq_len = shape
+    feeds = synthetic_feeds(predictor.tokenizer, int(batch), int(seq_len))  # type: ignore[arg-type]
+    feeds = {k: v for k, v in feeds.items() if k in predictor.input_names}
+    return lambda: session.run(output, feeds)
 
 
 def synthetic_feeds(tokenizer: Any, batch: int, seq_len: int) -> dict[str, np.ndarray]:

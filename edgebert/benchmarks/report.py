@@ -1,47 +1,198 @@
-"""Bench reports for people: a rich table with each model's latency next to its fp32 reference."""
+"""Bench reports: a rich table for people, and report.json / report.csv / report.md with a
+latency-vs-accuracy plot per shape (Pareto front marked) for ``--report DIR``."""
 
 from __future__ import annotations
 
+import csv
+import io
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from edgebert.atomic import write_json, write_text
+from edgebert.errors import MissingDependencyError
 
-def render(report: dict[str, Any]) -> Table:
-    system = report["system"]
-    title = (
-        f"{report['task']} bundle on {report['device']} · {system['cpu']} "
-        f"({', '.join(system['instruction_sets']) or 'no AVX-512/VNNI'}) · threads: {report['threads']}"
-    )
-    table = Table(title=title, title_justify="left")
-    for column in ("model", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "vs fp32", "items/s"):
-        table.add_column(column, justify="right" if column != "model" else "left")
-    for column in ("accuracy", "agreement", "size MB", "peak RSS MB", "runs"):
-        table.add_column(column, justify="right")
-    fp32 = {(r["batch_size"], r["seq_len"]): r for r in report["results"] if r["precision"] == "fp32"}
+COLUMNS = (
+    "target",
+    "model",
+    "computes in",
+    "shape",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "vs fp32",
+    "items/s",
+    "accuracy",
+    "agreement",
+    "size MB",
+    "peak MB",
+    "first ms",
+)
+
+
+def rows(report: dict[str, Any]) -> list[list[str]]:
+    """The report's results as table cells (``COLUMNS``), each latency also as a ratio to fp32 on
+    ONNX Runtime CPU at the same shape (or the first fp32 row measured there)."""
+    fp32: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for r in report["results"]:
+        if r["model"] == "fp32" and (r["target"] == "cpu" or (r["batch_size"], r["seq_len"]) not in fp32):
+            fp32[(r["batch_size"], r["seq_len"])] = r
+    cells = []
     for r in report["results"]:
         latency = r["latency_ms"]
         reference = fp32.get((r["batch_size"], r["seq_len"]))
         ratio = f"{latency['p50'] / reference['latency_ms']['p50']:.2f}×" if reference else "–"
-        table.add_row(
-            r["precision"],
-            str(r["batch_size"]),
-            str(r["seq_len"]),
-            f"{latency['p50']:.2f}",
-            f"{latency['p90']:.2f}",
-            f"{latency['p99']:.2f}",
-            ratio,
-            f"{r['throughput_per_s']:.1f}",
-            f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "–",
-            f"{r['agreement']:.4f}",
-            f"{r['size_mb']:.1f}",
-            f"{r['peak_rss_mb']:.0f}",
-            str(r["runs"]),
+        cells.append(
+            [
+                r["target"],
+                r["model"],
+                r["inference_precision"],
+                f"{r['batch_size']}×{r['seq_len']}",
+                f"{latency['p50']:.2f}",
+                f"{latency['p90']:.2f}",
+                f"{latency['p99']:.2f}" + (" (noisy)" if r["noisy"] else ""),
+                ratio,
+                f"{r['throughput_per_s']:.1f}",
+                f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "–",
+                f"{r['agreement']:.4f}",
+                f"{r['size_mb']:.1f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['first_inference_ms']:.0f}",
+            ]
         )
+    return cells
+
+
+def caption(report: dict[str, Any]) -> str:
     first = report["results"][0]
-    table.caption = (
-        f"latency percentiles ({report['percentile_method']}) over timed runs after "
-        f"{report['timing']['warmup']} warm-up runs; agreement ({first['agreement_metric']}) "
+    return (
+        f"shape: batch × tokens; latency percentiles ({report['percentile_method']}) over at least "
+        f"{report['timing']['min_runs']} timed runs ({report['timed_on']}) after "
+        f"{report['timing']['warmup']} warm-up runs; peak MB: the process's peak resident memory; "
+        f"first ms: the first inference; agreement ({first['agreement_metric']}) "
         f"with {first['agreement_with']} on {report['quality_data']}"
     )
+
+
+def title(report: dict[str, Any]) -> str:
+    system = report["system"]
+    return (
+        f"{report['task']} bundle on {', '.join(report['devices'])} · {system['cpu']} "
+        f"({', '.join(system['instruction_sets']) or 'no AVX-512/VNNI'}) · threads: {report['threads']}"
+    )
+
+
+def render(report: dict[str, Any]) -> Table:
+    table = Table(title=title(report), title_justify="left", caption=caption(report))
+    for column in COLUMNS:
+        named = column in ("target", "model", "computes in")
+        table.add_column(column, justify="left" if named else "right", no_wrap=named)
+    for cells in rows(report):
+        table.add_row(*cells)
     return table
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"**{title(report)}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows(report)]
+    lines += ["", caption(report)]
+    lines += [f"- skipped: {line}" for line in report["skipped"]]
+    lines += [f"- warning: {line}" for line in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def flat_csv(report: dict[str, Any]) -> str:
+    """One line per result; nested fields (latency) become ``latency_ms.p50`` columns."""
+    flat = [_flatten(r) for r in report["results"]]
+    fields = list(dict.fromkeys(k for row in flat for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    return out.getvalue()
+
+
+def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: none is both as fast (lower x) and as accurate
+    (higher y) and strictly better in one of them. Sorted by latency."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(
+            (ox <= x and oy >= y) and (ox < x or oy > y) for j, (ox, oy) in enumerate(points) if j != i
+        )
+    ]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
+    """report.json, report.csv, report.md and one latency-vs-accuracy PNG per shape in ``directory``."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError(
+            "--report draws plots with matplotlib: pip install 'edgebert[report]'"
+        ) from None
+    matplotlib.use("Agg")
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [directory / "report.json", directory / "report.csv", directory / "report.md"]
+    write_json(written[0], report)
+    write_text(written[1], flat_csv(report))
+    write_text(written[2], markdown(report))
+    shapes = dict.fromkeys((r["batch_size"], r["seq_len"]) for r in report["results"])
+    for batch, seq_len in shapes:
+        path = directory / f"latency-accuracy-b{batch}-s{seq_len}.png"
+        _plot([r for r in report["results"] if (r["batch_size"], r["seq_len"]) == (batch, seq_len)], path)
+        written.append(path)
+    return written
+
+
+def _plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    metric = "accuracy" if all(r["accuracy"] is not None for r in results) else "agreement"
+    points = [(r["latency_ms"]["p50"], r[metric]) for r in results]
+    front = pareto(points)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.scatter([x for x, _ in points], [y for _, y in points], color="tab:blue", zorder=2)
+    axes.plot(
+        [points[i][0] for i in front],
+        [points[i][1] for i in front],
+        "o--",
+        color="tab:red",
+        label="Pareto front",
+        zorder=3,
+    )
+    middle = (min(x for x, _ in points) + max(x for x, _ in points)) / 2
+    rank = {i: n for n, i in enumerate(sorted(range(len(points)), key=lambda i: points[i]))}
+    for i, (r, (x, y)) in enumerate(zip(results, points, strict=True)):
+        # neighbours (by latency) alternate above and below; labels right of the middle end at their point
+        right = x > middle
+        axes.annotate(
+            f"{r['model']} on {r['target']} ({r['inference_precision']})",
+            (x, y),
+            fontsize=7,
+            xytext=(-4 if right else 4, 6 if rank[i] % 2 == 0 else -11),
+            textcoords="offset points",
+            ha="right" if right else "left",
+        )
+    first = results[0]
+    axes.set_xlabel("p50 latency (ms)")
+    axes.set_ylabel(metric)
+    axes.set_title(f"batch {first['batch_size']}, seq {first['seq_len']}")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

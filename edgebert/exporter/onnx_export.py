@@ -37,6 +37,9 @@ class ExportConfig:
     tensor by distillation-aware search (distill), measured on ``calibration_samples`` texts of
     ``calibration_data`` (labels ignored); ``target_agreement``, ``eval_data``, ``max_drop``: see
     ``QuantizeConfig``.
+    ``target``: ``onnx``, or ``openvino`` to add the OpenVINO IR of the validated ONNX model (and,
+    with ``quantize="int8"``, its NNCF INT8 model instead of ONNX Runtime's); ``fp16_weights``
+    stores the IR's weights in fp16. ``quantize="fp16"`` adds an fp16 ONNX model for GPUs.
     """
 
     model: str | None = None
@@ -53,6 +56,8 @@ class ExportConfig:
     target_agreement: float = 0.99
     eval_data: str | None = None
     max_drop: float = 0.5
+    target: str = "onnx"
+    fp16_weights: bool = False
 
 
 def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
@@ -60,8 +65,10 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
     require("torch", "train")
     require("transformers", "train")
     require("onnx", "train")
-    if config.quantize not in ("none", "int8"):
-        raise EdgebertError(f"unknown --quantize '{config.quantize}': use none or int8")
+    if config.quantize not in ("none", "int8", "fp16"):
+        raise EdgebertError(f"unknown --quantize '{config.quantize}': use none, int8 or fp16")
+    if config.target not in ("onnx", "openvino"):
+        raise EdgebertError(f"unknown --target '{config.target}': use onnx or openvino")
     if not 8 <= config.max_length <= 512:
         raise EdgebertError(f"--max-length {config.max_length} is out of range: use 8 to 512")
     checkpoint = resolve(config.model)
@@ -84,24 +91,37 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         manifest = manifest.with_artifact(
             "fp32", artifact(stage, FP32_FILE, **{**_fp32_fields(config, fusion), "validation": validation})
         )
-        if config.quantize == "int8":
-            from edgebert.quantizer import QuantizeConfig, quantize_into
-
-            log.info("quantizing to INT8 (%s, per-channel weights)", config.calibration)
-            manifest = quantize_into(
-                stage,
-                manifest,
-                QuantizeConfig(
-                    method=config.calibration,
-                    calibration_data=config.calibration_data,
-                    calibration_samples=config.calibration_samples,
-                    target_agreement=config.target_agreement,
-                    eval_data=config.eval_data,
-                    max_drop=config.max_drop,
-                ),
-            )
+        manifest = _derive(stage, manifest, config)
         write_manifest(stage, manifest)
     return Bundle.load(out)
+
+
+def _derive(stage: Path, manifest: Manifest, config: ExportConfig) -> Manifest:
+    """The models derived from the validated fp32 one that ``config`` asks for."""
+    from edgebert.quantizer import QuantizeConfig, quantize_into
+
+    quantize = QuantizeConfig(
+        method=config.calibration,
+        calibration_data=config.calibration_data,
+        calibration_samples=config.calibration_samples,
+        target_agreement=config.target_agreement,
+        eval_data=config.eval_data,
+        max_drop=config.max_drop,
+        target=config.target,
+        fp16_weights=config.fp16_weights,
+    )
+    if config.quantize == "fp16":
+        from edgebert.exporter.fp16 import fp16_into
+
+        manifest = fp16_into(stage, manifest, quantize)
+    if config.quantize == "int8":
+        log.info("quantizing to INT8 (%s, %s)", config.calibration, config.target)
+        return quantize_into(stage, manifest, quantize)
+    if config.target == "openvino":
+        from edgebert.exporter.openvino import openvino_into
+
+        return openvino_into(stage, manifest, quantize, int8=False)
+    return manifest
 
 
 def _load_torch(checkpoint: Checkpoint, task: str) -> tuple[Any, Any]:

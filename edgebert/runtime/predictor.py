@@ -22,7 +22,7 @@ import numpy as np
 
 from edgebert.bundle import Bundle, BundleError
 from edgebert.errors import InputError, TextTypeError
-from edgebert.runtime.backends import open_session
+from edgebert.runtime.backends import BACKENDS, open_session
 
 Text = str | tuple[str, str]
 
@@ -43,44 +43,64 @@ class Prediction:
         return {"label": self.label, "score": self.score, "scores": self.scores, "truncated": self.truncated}
 
 
-def load_tokenizer(path: Path, max_length: int) -> Any:
-    """A fast tokenizer that pads to the longest text of a batch and truncates at ``max_length``."""
+def load_tokenizer(path: Path, max_length: int, *, pad_to_multiple_of: int | None = None) -> Any:
+    """A fast tokenizer that pads to the longest text of a batch (rounded up to a multiple of
+    ``pad_to_multiple_of``, if given) and truncates at ``max_length``."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
     pad_id = (tokenizer.padding or {}).get("pad_id", tokenizer.token_to_id("[PAD]") or 0)
-    tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "[PAD]")
+    tokenizer.enable_padding(
+        pad_id=pad_id,
+        pad_token=tokenizer.id_to_token(pad_id) or "[PAD]",
+        pad_to_multiple_of=pad_to_multiple_of,
+    )
     tokenizer.enable_truncation(max_length=max_length)
     return tokenizer
 
 
 class Predictor:
-    """Predict with a bundle: ``Predictor("bundle").predict(["text", ("text", "pair")])``."""
+    """Predict with a bundle: ``Predictor("bundle").predict(["text", ("text", "pair")])``.
+
+    ``backend``: ``cpu`` (ONNX Runtime), ``openvino``, ``gpu`` or ``tensorrt``; by default the one that
+    reads the chosen model (OpenVINO for an ``.xml`` IR, else ONNX Runtime CPU). ``precision`` names
+    the bundle's model (``int8``, ``fp32``, ``openvino-int8``...; on OpenVINO ``int8`` means
+    ``openvino-int8``); by default the backend's best. ``inference_precision``: see ``open_session``.
+    ``pad_to_multiple_of``: pad inputs to a multiple of this many tokens (default: the backend's, see
+    ``Backend``; 1 pads only to the longest text of a batch).
+    """
 
     def __init__(
         self,
         bundle: str | Path | Bundle,
         *,
         precision: str | None = None,
-        device: str = "cpu",
+        backend: str | None = None,
         threads: int | None = None,
+        inference_precision: str | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        models = self.bundle.models()
-        self.precision = precision or ("int8" if "int8" in models else "fp32")
-        if self.precision not in models:
-            raise BundleError(
-                f"bundle '{self.bundle.path}' has no '{self.precision}' model (it has: {', '.join(models)})"
-            )
-        self.tokenizer = load_tokenizer(self.bundle.file("tokenizer"), self.bundle.manifest.max_length)
-        self.session = open_session(self.bundle.file(self.precision), device, threads=threads)
+        self.precision, self.backend = choose_model(self.bundle, precision, backend)
+        self.tokenizer = load_tokenizer(
+            self.bundle.file("tokenizer"),
+            self.bundle.manifest.max_length,
+            pad_to_multiple_of=pad_to_multiple_of
+            or (BACKENDS[self.backend].pad_to_multiple_of if self.backend in BACKENDS else None),
+        )
+        self.session = open_session(
+            self.bundle.file(self.precision),
+            self.backend,
+            threads=threads,
+            inference_precision=inference_precision,
+        )
         self.input_names = {i.name for i in self.session.get_inputs()}
         made_by = self.bundle.manifest.artifacts[self.precision].made_by
         self.batch_size = batch_size_for(made_by.get("method"))
 
     def with_model(self, path: Path | bytes, *, threads: int | None = None) -> Predictor:
-        """A Predictor with this one's bundle and tokenizer running another model (a file, or a
-        serialized model: a candidate being compared with this one, say)."""
+        """A Predictor with this one's bundle and tokenizer running another ONNX model on ONNX Runtime
+        CPU (a file, or a serialized model: a candidate being compared with this one, say)."""
         other = copy.copy(self)
         other.session = open_session(path, "cpu", threads=threads)
         return other
@@ -155,6 +175,30 @@ class Predictor:
             )
             for p, t in zip(probs, truncated, strict=True)
         ]
+
+
+def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> tuple[str, str]:
+    """The bundle model to run and the backend to run it on (see ``Predictor``)."""
+    models = bundle.models()
+    if precision is None:
+        wanted = BACKENDS[backend].prefers if backend in BACKENDS else ("int8", "fp32")
+    else:
+        wanted = (f"openvino-{precision}", precision) if backend == "openvino" else (precision,)
+    name = next((n for n in wanted if n in models), None)
+    if name is None:
+        raise BundleError(
+            f"bundle '{bundle.path}' has no {' or '.join(repr(w) for w in wanted)} model "
+            f"(it has: {', '.join(models)})"
+        )
+    suffix = Path(models[name].file).suffix
+    backend = backend or ("openvino" if suffix == ".xml" else "cpu")
+    if backend in BACKENDS and suffix not in BACKENDS[backend].suffixes:
+        raise BundleError(
+            f"model '{name}' is an OpenVINO IR: run it with backend 'openvino'"
+            if suffix == ".xml"
+            else f"model '{name}' ({models[name].file}) does not run on '{backend}'"
+        )
+    return name, backend
 
 
 def batch_size_for(method: str | None) -> int:

@@ -1,0 +1,421 @@
+"""edgebert against the recipes users would pick instead, side by side in one run: PyTorch fp32, ONNX
+Runtime fp32, Optimum's ONNX export + ORTQuantizer with AutoQuantizationConfig.avx512_vnni (dynamic
+INT8), ONNX Runtime's quantize_dynamic with its defaults, OpenVINO on the ONNX model (its default
+precision) and OpenVINO + NNCF INT8 (nncf.quantize, transformer model type) — and edgebert's bundle
+on each target (ONNX Runtime CPU: static INT8 with distillation-aware calibration; OpenVINO: its IR
+and NNCF INT8 under NNCF's accuracy control with agreement with fp32 as the metric, inputs padded to
+multiples of 16 tokens).
+
+    bash benchmarks/peers_env.sh                 # once: Optimum in .peers-venv (its pins clash with ours)
+    .venv/bin/python benchmarks/peers.py [--threads 2] [--bert-base]
+
+Every ONNX or OpenVINO model runs in the same harness (edgebert.benchmarks.latency: one process per
+model, 0.25 s turns, so a machine slowing down slows all alike): synthetic batch 1 and 8 at 128 tokens,
+and real text (SST-2 dev sentences one at a time at their own lengths, tokenization included). PyTorch
+and Optimum's own pipeline (ORTModelForSequenceClassification in a transformers pipeline) run after,
+in their own processes, with the same rule. Writes benchmarks/results/peers[-bert-base].md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from calibration import bert_base  # benchmarks/calibration.py
+
+from edgebert.benchmarks import Timing
+from edgebert.benchmarks.latency import Subject, latency_stats, measure_models
+from edgebert.bundle import Bundle, artifact, read_manifest, write_manifest
+from edgebert.data import encode_labels, read_examples
+from edgebert.fidelity import fidelity
+from edgebert.runtime import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PEERS_PYTHON = ROOT / ".peers-venv" / "bin" / "python"
+TIMING = Timing(warmup=10, min_runs=100, min_seconds=3.0)
+REAL_TEXTS = 300
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(SHARED / "models" / "minilm-sst2"))
+    parser.add_argument("--calibration", default=str(SHARED / "data" / "sst2" / "train.tsv"))
+    parser.add_argument("--dev", default=str(SHARED / "data" / "sst2" / "dev.tsv"))
+    parser.add_argument("--samples", type=int, default=512, help="Calibration texts (edgebert and NNCF).")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bert-base", action="store_true", help="A bert-base-shaped model instead.")
+    args = parser.parse_args()
+    if not PEERS_PYTHON.is_file():
+        sys.exit("run `bash benchmarks/peers_env.sh` first: Optimum lives in .peers-venv")
+    name = "peers-bert-base.md" if args.bert_base else "peers.md"
+    out = ROOT / "benchmarks" / "results" / name
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.bert_base:
+            args.model = bert_base(args.model, work / "bert-base")
+        bundles, build_seconds = build(args, work)
+        rows = quality(bundles, args.dev, skip_accuracy=args.bert_base)
+        # peers get no padding: bucketing input lengths for OpenVINO is edgebert's
+        subjects = {
+            label: Subject(path, model, device, hint, None if label.startswith("edgebert") else 1)
+            for label, (path, model, device, hint) in bundles.items()
+        }
+        texts = read_examples(args.dev, labeled=False).texts[:REAL_TEXTS]
+        shapes: list[Any] = [(1, 128), (8, 128), ("real", tuple(texts))]
+        timed = measure_models(subjects, args.threads, shapes, TIMING)
+        for label, result in timed.items():
+            rows[label]["latency"] = {
+                str(s["batch_size"]) if s["seq_len"] != "real" else "real": s["latency_ms"]
+                for s in result["shapes"]
+            }
+            rows[label]["peak_rss_mb"] = result["peak_rss_mb"]
+            rows[label]["inference_precision"] = result["inference_precision"]
+        rows["PyTorch fp32"] = pytorch(args.model, args.dev, texts, args.threads, args.bert_base)
+        rows["Optimum pipeline (dynamic INT8)"] = optimum_pipeline(work / "optimum", args.dev, args.threads)
+        if args.bert_base:  # random weights: accuracy means nothing
+            rows["Optimum pipeline (dynamic INT8)"]["accuracy"] = None
+    write(args, out, rows, build_seconds)
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "edgebert.cli", "-q", *args], check=True)
+
+
+def build(
+    args: argparse.Namespace, work: Path
+) -> tuple[dict[str, tuple[Path, str, str, str | None]], dict[str, float]]:
+    """Every subject as (bundle, model, device, OpenVINO precision hint): edgebert's own bundle, and
+    each peer's model file wrapped in a copy of edgebert's fp32 bundle (same tokenizer, same harness)."""
+    seconds = {}
+    base = work / "fp32"
+    cli("export", "-m", args.model, "-o", str(base))
+    ours = work / "edgebert"
+    shutil.copytree(base, ours)
+    calibrate = ["--calibration-data", args.calibration, "--calibration-samples", str(args.samples)]
+    began = time.perf_counter()
+    cli("quantize", str(ours), "--calibration", "distill", *calibrate)
+    seconds["edgebert ONNX Runtime INT8 (distill)"] = time.perf_counter() - began
+    # random weights (--bert-base) give near-tied logits, so argmax agreement means little there:
+    # NNCF's own ranges, without the agreement-driven accuracy control
+    openvino = "dynamic" if args.bert_base else "distill"
+    began = time.perf_counter()
+    cli("quantize", str(ours), "--target", "openvino", "--calibration", openvino, *calibrate)
+    seconds["edgebert OpenVINO IR + NNCF INT8" + ("" if args.bert_base else " (distill)")] = (
+        time.perf_counter() - began
+    )
+
+    began = time.perf_counter()
+    peers = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peers_optimum.py")]
+    made = json.loads(
+        subprocess.run(
+            [*peers, "export", args.model, str(work / "optimum")], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    seconds["Optimum export + avx512_vnni dynamic INT8"] = time.perf_counter() - began
+    optimum = wrap(base, work / "optimum-bundle", {"int8": Path(made["quantized_onnx"])})
+
+    from onnxruntime.quantization import quantize_dynamic
+
+    began = time.perf_counter()
+    quantize_dynamic(base / "model.onnx", work / "ort-dynamic.onnx")
+    seconds["ONNX Runtime quantize_dynamic (defaults)"] = time.perf_counter() - began
+    ort_dynamic = wrap(base, work / "ort-dynamic-bundle", {"int8": work / "ort-dynamic.onnx"})
+
+    began = time.perf_counter()
+    nncf_xml = nncf_recipe(base, args.calibration, args.samples, work / "nncf")
+    seconds["OpenVINO + NNCF INT8 (nncf.quantize)"] = time.perf_counter() - began
+    nncf = wrap(
+        base,
+        work / "nncf-bundle",
+        {"openvino-int8": nncf_xml, "openvino-int8.bin": nncf_xml.with_suffix(".bin")},
+    )
+    subjects = {
+        "ONNX Runtime fp32": (base, "fp32", "cpu", None),
+        "Optimum avx512_vnni dynamic INT8": (optimum, "int8", "cpu", None),
+        "ONNX Runtime quantize_dynamic INT8": (ort_dynamic, "int8", "cpu", None),
+        "OpenVINO fp32 (default precision)": (base, "fp32", "openvino", None),
+        "OpenVINO + NNCF INT8": (nncf, "openvino-int8", "openvino", None),
+        "edgebert ONNX Runtime INT8 (distill)": (ours, "int8", "cpu", None),
+        "edgebert OpenVINO INT8" + ("" if args.bert_base else " (distill)"): (
+            ours,
+            "openvino-int8",
+            "openvino",
+            None,
+        ),
+    }
+    return subjects, seconds
+
+
+def wrap(base: Path, dest: Path, files: dict[str, Path]) -> Path:
+    """A copy of the fp32 bundle with a peer's model files added as artifacts."""
+    shutil.copytree(base, dest)
+    manifest = read_manifest(dest)
+    for name, source in files.items():
+        shutil.copy(source, dest / source.name)
+        kind = "weights" if name.endswith(".bin") else "model"
+        precision = None if kind == "weights" else "int8"
+        parent = name.removesuffix(".bin") if kind == "weights" else "fp32"
+        manifest = manifest.with_artifact(
+            name,
+            artifact(
+                dest,
+                source.name,
+                kind=kind,
+                precision=precision,
+                parent=parent,
+                made_by={"tool": "peer recipe"},
+            ),
+        )
+    write_manifest(dest, manifest)
+    return dest
+
+
+def nncf_recipe(base: Path, calibration: str, samples: int, out: Path) -> Path:
+    """What OpenVINO's and NNCF's docs show: convert the ONNX model, quantize it with the transformer
+    model type on calibration text tokenized one sentence at a time, save the IR."""
+    import nncf
+    import openvino as ov
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+    texts = random.Random(0).sample(read_examples(calibration, labeled=False).texts, samples)
+
+    def transform(text: str) -> dict[str, np.ndarray]:
+        encoding = tokenizer.encode(text)
+        return {
+            "input_ids": np.array([encoding.ids]),
+            "attention_mask": np.array([encoding.attention_mask]),
+            "token_type_ids": np.array([encoding.type_ids]),
+        }
+
+    model = ov.convert_model(str(base / "model.onnx"))
+    quantized = nncf.quantize(
+        model, nncf.Dataset(texts, transform), model_type=nncf.ModelType.TRANSFORMER, subset_size=samples
+    )
+    out.mkdir()
+    ov.save_model(quantized, str(out / "model.xml"), compress_to_fp16=False)
+    return out / "model.xml"
+
+
+def quality(
+    subjects: dict[str, tuple[Path, str, str, str | None]], dev: str, skip_accuracy: bool
+) -> dict[str, dict]:
+    examples = read_examples(dev)
+    reference_bundle = next(iter(subjects.values()))[0]
+    labels = np.asarray(encode_labels(examples, Bundle.load(reference_bundle).manifest.labels or ()))
+    reference = Predictor(reference_bundle, precision="fp32").outputs(examples.texts)[0]
+    rows = {}
+    for label, (path, model, device, hint) in subjects.items():
+        predictor = Predictor(
+            path,
+            precision=model,
+            backend=device,
+            inference_precision=hint,
+            pad_to_multiple_of=None if label.startswith("edgebert") else 1,
+        )
+        outputs = predictor.outputs(examples.texts)[0]
+        rows[label] = {
+            "accuracy": None if skip_accuracy else float(np.mean(outputs.argmax(-1) == labels)),
+            "agreement": fidelity("classify", reference, outputs)["agreement"],
+            "size_mb": sum(f.stat().st_size for f in _files(Bundle.load(path), model)) / 2**20,
+        }
+    return rows
+
+
+def _files(bundle: Bundle, model: str) -> list[Path]:
+    return [
+        bundle.file(n)
+        for n, a in bundle.manifest.artifacts.items()
+        if n == model or (a.kind == "weights" and a.parent == model)
+    ]
+
+
+def pytorch(model_dir: str, dev: str, texts: list[str], threads: int, skip_accuracy: bool) -> dict[str, Any]:
+    """PyTorch fp32 (transformers), same shapes and timing rule, in a process of its own."""
+    code = f"""
+import json, sys, time, numpy as np, torch
+sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+from peers import torch_child
+print(json.dumps(torch_child({model_dir!r}, {dev!r}, {texts!r}, {threads}, {skip_accuracy})))
+"""
+    return json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout.splitlines()[-1]
+    )
+
+
+def torch_child(
+    model_dir: str, dev: str, texts: list[str], threads: int, skip_accuracy: bool
+) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    row: dict[str, Any] = {"latency": {}, "size_mb": sum(p.numel() * 4 for p in model.parameters()) / 2**20}
+    with torch.inference_mode():
+        if not skip_accuracy:
+            examples = read_examples(dev)
+            labels = encode_labels(
+                examples, tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+            )
+            predictions = [
+                int(model(**tokenizer(t, return_tensors="pt")).logits.argmax()) for t in examples.texts
+            ]
+            row["accuracy"] = float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+        for batch in (1, 8):
+            inputs = tokenizer(
+                [" ".join(texts)] * batch,
+                truncation=True,
+                max_length=128,
+                padding="max_length",
+                return_tensors="pt",
+            )
+            row["latency"][str(batch)] = latency_stats(_timed(lambda inputs=inputs: model(**inputs)))
+        cycle = iter(texts * 1000)
+        row["latency"]["real"] = latency_stats(
+            _timed(lambda: model(**tokenizer(next(cycle), return_tensors="pt")))
+        )
+    return row
+
+
+def _timed(step: Any) -> list[float]:
+    for _ in range(TIMING.warmup):
+        step()
+    seconds: list[float] = []
+    while len(seconds) < TIMING.min_runs or sum(seconds) < TIMING.min_seconds:
+        began = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - began)
+    return seconds
+
+
+def optimum_pipeline(out: Path, dev: str, threads: int) -> dict[str, Any]:
+    """Optimum's own pipeline on real text, one sentence at a time (peers_optimum.py, .peers-venv)."""
+    command = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peers_optimum.py"), "pipeline", str(out), dev]
+    result = json.loads(
+        subprocess.run(
+            [*command, "--n", str(REAL_TEXTS), "--threads", str(threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    stats = {"p50": result["p50_ms"], "p90": result["p90_ms"], "p99": result["p99_ms"]}
+    return {"latency": {"real": stats}, "accuracy": result["accuracy"]}
+
+
+def targets(rows: dict[str, dict], bert_base: bool) -> list[str]:
+    """The issue's targets, checked on this run's p50 latencies and accuracies."""
+
+    def p50(label: str, shape: str) -> float:
+        return rows[label]["latency"][shape]["p50"]
+
+    def fastest(labels: list[str], shape: str) -> tuple[float, str]:
+        return min((p50(k, shape), k) for k in labels if shape in rows[k].get("latency", {}))
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    ours = [k for k in rows if k.startswith("edgebert")]
+    harness = [k for k in rows if not k.startswith("edgebert") and "pipeline" not in k]
+    nncf, optimum = p50("OpenVINO + NNCF INT8", "1"), p50("Optimum avx512_vnni dynamic INT8", "1")
+    b1, b1_name = fastest(ours, "1")
+    b8, b8_name = fastest(ours, "8")
+    real, real_name = fastest(ours, "real")
+    peer_real, peer_name = fastest(harness, "real")
+    pipeline = p50("Optimum pipeline (dynamic INT8)", "real")
+    lines = [
+        f"- batch 1: edgebert's fastest, {b1_name}, {b1:.2f} ms: {b1 / nncf:.2f}× OpenVINO + NNCF INT8 "
+        f"(≤ 1.00×: {met(b1 <= nncf)}) and {b1 / optimum:.2f}× Optimum's dynamic INT8 (≤ 0.70×: {met(b1 <= 0.7 * optimum)}).",
+        f"- batch 8: {b8_name}, {b8:.2f} ms"
+        + (
+            "."
+            if bert_base
+            else f" (≤ 18.6 ms, 75% of a 1.65 TOPS INT8 GEMM peak for MiniLM's 23 GOP: {met(b8 <= 18.6)})."
+        ),
+        f"- real text: {real_name}, {real:.2f} ms: {real / peer_real:.2f}× the fastest peer measured the same way "
+        f"({peer_name}, {peer_real:.2f} ms; ≤ 0.80×: {met(real <= 0.8 * peer_real)}) and {real / pipeline:.2f}× "
+        f"Optimum's pipeline ({pipeline:.2f} ms; ≤ 0.50×: {met(real <= 0.5 * pipeline)}).",
+    ]
+    if not bert_base:
+        fp32 = rows["ONNX Runtime fp32"]["accuracy"]
+        drops = ", ".join(f"{k} {100 * (fp32 - rows[k]['accuracy']):.2f}" for k in ours)
+        within = {k for k in ours if fp32 - rows[k]["accuracy"] <= 0.003 + 1e-9}
+        lines.append(
+            f"- accuracy, points below fp32 ({fp32:.4f}): {drops} (≤ 0.3: met by {', '.join(sorted(within)) or 'none'})."
+        )
+    return lines
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def write(
+    args: argparse.Namespace, out: Path, rows: dict[str, dict], build_seconds: dict[str, float]
+) -> None:
+    import onnxruntime
+    import openvino
+
+    from edgebert.benchmarks.system import system_info
+
+    system = system_info()
+    flags = " --bert-base" if args.bert_base else ""
+    subject = (
+        "a bert-base-shaped BERT classifier (12 layers, hidden 768; random weights, seed 0; accuracy meaningless, not shown)"
+        if args.bert_base
+        else f"`{args.model}` (all-MiniLM-L6-v2 fine-tuned on SST-2); accuracy on SST-2 dev (872 sentences)"
+    )
+    lines = [
+        "# edgebert and its peers" + (": a bert-base-shaped model" if args.bert_base else ""),
+        "",
+        f"Model: {subject}. Calibration (edgebert, NNCF): {args.samples} SST-2 train sentences, seed 0. "
+        f"Machine: {system['cpu']} ({', '.join(system['instruction_sets'])}), {args.threads} threads; onnxruntime "
+        f"{onnxruntime.__version__}, openvino {openvino.__version__}. Command: `.venv/bin/python benchmarks/peers.py "
+        f"--threads {args.threads}{flags}` ({time.strftime('%Y-%m-%d')}).",
+        "",
+        "p50 latency in ms (p99 in brackets). b1, b8: synthetic text, 128 tokens. real: SST-2 dev sentences one at a "
+        "time at their own lengths, tokenization included. Every ONNX/OpenVINO model ran in one interleaved run; "
+        "PyTorch and Optimum's pipeline ran after it with the same rule (≥100 runs and ≥3 s after 10 warm-up runs).",
+        "",
+        "| recipe | computes in | b1 | b8 | real | dev accuracy | agreement with fp32 | size MB | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in rows.items():
+        cells = []
+        for shape in ("1", "8", "real"):
+            stats = row.get("latency", {}).get(shape)
+            cells.append(f"{stats['p50']:.2f} ({stats['p99']:.1f})" if stats else "–")
+        computes = row.get("inference_precision") or ("fp32" if "fp32" in label else "int8")
+        computes = f"int8 + {computes}" if "INT8" in label and computes != "int8" else computes
+        figures = [_number(row.get("accuracy"), ".4f"), _number(row.get("agreement"), ".4f")]
+        figures += [_number(row.get("size_mb"), ".1f"), _number(row.get("peak_rss_mb"), ".0f")]
+        lines.append(f"| {label} | {computes} | {' | '.join(cells + figures)} |")
+    lines += [
+        "",
+        "Time to make each model (s): " + ", ".join(f"{k} {v:.0f}" for k, v in build_seconds.items()) + ".",
+        "",
+        "Against the targets (issue 5), from the table above:",
+        "",
+        *targets(rows, args.bert_base),
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""OpenVINO on the tiny BERT: IR conversion, NNCF INT8, the Predictor backend and bench across
+targets, with report files. Real OpenVINO compilation and inference; nothing is mocked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_torch_free
+from edgebert.benchmarks import BenchConfig, Timing, bench
+from edgebert.benchmarks.report import write_report
+from edgebert.errors import EdgebertError
+from edgebert.quantizer import QuantizeConfig, quantize
+from edgebert.runtime import Predictor
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+QUICK = Timing(warmup=1, min_runs=3, min_seconds=0.0, max_seconds=5.0)
+
+
+@pytest.fixture(scope="module")
+def ov_bundle(
+    classify_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("openvino") / "bundle"
+    shutil.copytree(classify_bundle, out)
+    config = QuantizeConfig(
+        target="openvino", calibration_data=str(sentiment_files[0]), calibration_samples=64
+    )
+    quantize(out, config)
+    return out
+
+
+def test_ir_and_nncf_int8_are_validated(ov_bundle: Path) -> None:
+    manifest = json.loads((ov_bundle / "manifest.json").read_text())
+    artifacts = manifest["artifacts"]
+    assert {
+        "fp32",
+        "int8",
+        "openvino-fp32",
+        "openvino-int8",
+        "openvino-fp32.bin",
+        "openvino-int8.bin",
+    } <= set(artifacts)
+    ir = artifacts["openvino-fp32"]
+    assert ir["file"] == "model.openvino.xml" and ir["made_by"]["weights"] == "fp32"
+    assert ir["validation"]["max_abs_diff"] <= 1e-4 and ir["validation"]["inference_precision"] == "f32"
+    int8 = artifacts["openvino-int8"]
+    assert int8["made_by"]["model_type"] == "TRANSFORMER" and "64 texts" in int8["made_by"]["calibrated_on"]
+    assert int8["validation"]["agreement"] >= 0.9
+    # the int8 weights are smaller than the fp32 ones
+    assert (ov_bundle / "model.openvino-int8.bin").stat().st_size < 0.5 * (
+        ov_bundle / "model.openvino.bin"
+    ).stat().st_size
+
+
+def test_predictor_on_openvino(ov_bundle: Path) -> None:
+    predictor = Predictor(ov_bundle, backend="openvino")
+    assert predictor.precision == "openvino-int8" and predictor.backend == "openvino"
+    fp32 = Predictor(ov_bundle, precision="fp32")
+    texts = ["the movie was really good and plot too", "the film was really awful and story too"]
+    at_f32 = Predictor(ov_bundle, precision="fp32", backend="openvino", inference_precision="f32")
+    assert at_f32.precision == "openvino-fp32" and at_f32.session.inference_precision == "f32"
+    np.testing.assert_allclose(at_f32.outputs(texts)[0], fp32.outputs(texts)[0], atol=1e-4)
+    assert [p.label for p in predictor.predict(texts)] == [p.label for p in fp32.predict(texts)]
+    # OpenVINO's inputs are bucketed to multiples of 16 tokens unless asked otherwise; ONNX Runtime's not
+    assert predictor.encode(texts)[0]["input_ids"].shape[1] == 16
+    exact = Predictor(ov_bundle, backend="openvino", pad_to_multiple_of=1)
+    assert exact.encode(texts)[0]["input_ids"].shape == fp32.encode(texts)[0]["input_ids"].shape
+    assert fp32.encode(texts)[0]["input_ids"].shape[1] < 16
+    # the IR chooses its backend; ONNX Runtime cannot read it
+    assert Predictor(ov_bundle, precision="openvino-int8").backend == "openvino"
+    with pytest.raises(EdgebertError, match="OpenVINO IR: run it with backend 'openvino'"):
+        Predictor(ov_bundle, precision="openvino-int8", backend="cpu")
+
+
+def test_openvino_runtime_never_imports_torch(ov_bundle: Path) -> None:
+    assert_torch_free(
+        "from edgebert.runtime import Predictor; "
+        f"Predictor({str(ov_bundle)!r}, backend='openvino').predict(['hello'])"
+    )
+
+
+def test_onnx_runtime_methods_are_refused_for_openvino(ov_bundle: Path) -> None:
+    with pytest.raises(EdgebertError, match="NNCF measures its own ranges"):
+        quantize(ov_bundle, QuantizeConfig(target="openvino", method="minmax"))
+
+
+def test_distill_keeps_agreement_with_accuracy_control(
+    classify_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "bundle"
+    shutil.copytree(classify_bundle, out)
+    config = QuantizeConfig(
+        target="openvino",
+        method="distill",
+        calibration_data=str(sentiment_files[0]),
+        calibration_samples=48,
+        target_agreement=1.0,
+    )
+    quantize(out, config)
+    made_by = json.loads((out / "manifest.json").read_text())["artifacts"]["openvino-int8"]["made_by"]
+    assert made_by["tool"].startswith("nncf.quantize_with_accuracy_control")
+    assert made_by["agreement_target"]["achieved"] == 1.0 and made_by["agreement_target"]["met"]
+    # the INT8 model follows the teacher on every calibration text
+    texts = [line.split("\t")[0] for line in sentiment_files[0].read_text().splitlines()[1:]]
+    texts = [texts[i] for i in sorted(__import__("random").Random(0).sample(range(len(texts)), 48))]
+    teacher = Predictor(out, precision="fp32").outputs(texts)[0].argmax(-1)
+    student = Predictor(out, backend="openvino").outputs(texts)[0].argmax(-1)
+    assert np.mean(teacher == student) == 1.0
+
+
+def test_bench_across_targets_with_report(
+    ov_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        devices=("cpu", "openvino"),
+        batch_sizes=(1, 2),
+        seq_lens=(8, 16),
+        data=str(sentiment_files[1]),
+        threads=1,
+        timing=QUICK,
+        save=False,
+    )
+    report = bench(str(ov_bundle), config)
+    labels = list(
+        dict.fromkeys(f"{r['target']}:{r['model']}:{r['inference_precision']}" for r in report["results"])
+    )
+    assert labels[:2] == ["cpu:fp32:fp32", "cpu:int8:int8"]
+    assert "openvino:openvino-fp32:f32" in labels and "openvino:openvino-int8:int8 + f32" not in labels
+    assert len(labels) == 5  # fp32 at f32 and at OpenVINO's default, and the NNCF model
+    assert len(report["results"]) == 5 * 4  # every target x model at 2 batch sizes x 2 lengths
+    for row in report["results"]:
+        assert 0 <= row["accuracy"] <= 1 and row["first_inference_ms"] > 0 and row["size_mb"] > 0
+    written = write_report(report, tmp_path / "report")
+    names = sorted(p.name for p in written)
+    assert names[:3] == [
+        "latency-accuracy-b1-s16.png",
+        "latency-accuracy-b1-s8.png",
+        "latency-accuracy-b2-s16.png",
+    ]
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["results"] == json.loads(
+        json.dumps(report["results"])
+    )
+    with open(tmp_path / "report" / "report.csv", newline="") as handle:
+        parsed = list(csv.DictReader(handle))
+    assert len(parsed) == 20 and float(parsed[0]["latency_ms.p50"]) > 0
+    assert "| target | model |" in (tmp_path / "report" / "report.md").read_text()
+    for png in (p for p in written if p.suffix == ".png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_text_mode(ov_bundle: Path, sentiment_files: tuple[Path, Path]) -> None:
+    config = BenchConfig(
+        devices=("openvino",),
+        precisions=("int8",),
+        data=str(sentiment_files[1]),
+        real_text=True,
+        threads=1,
+        timing=QUICK,
+        save=False,
+    )
+    report = bench(str(ov_bundle), config)
+    [row] = report["results"]
+    assert (row["model"], row["batch_size"], row["seq_len"]) == ("openvino-int8", 1, "real")
+    assert row["runs"] >= 3 and "tokenization included" in report["timed_on"]
+
+
+def test_cli_export_to_openvino_predict_and_bench(
+    tiny_classifier: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from edgebert.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, list(args))
+        return result.exit_code, result.stdout, result.stderr
+
+    out = tmp_path / "b"
+    calibrate = ["--calibration-data", str(sentiment_files[0]), "--calibration-samples", "32"]
+    code, stdout, stderr = run(
+        "export", "-m", str(tiny_classifier), "--target", "openvino", "--quantize", "int8", *calibrate,
+        "-o", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert set(json.loads(stdout)["artifacts"]) == {
+        "tokenizer", "fp32", "openvino-fp32", "openvino-fp32.bin", "openvino-int8", "openvino-int8.bin",
+    }  # fmt: skip
+    code, stdout, _ = run("predict", str(out), "a lovely film", "--backend", "openvino", "--json")
+    assert code == 0 and json.loads(stdout)[0]["label"] in ("negative", "positive")
+    fast = ["--min-runs", "2", "--min-seconds", "0", "--warmup", "1", "--threads", "1", "--no-save"]
+    code, stdout, stderr = run(
+        "bench", str(out), "--device", "cpu,openvino", "--batch-size", "1", "--seq-len", "8",
+        "--report", str(tmp_path / "report"), *fast,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "computes in" in stdout and "openvino-int8" in stdout
+    assert (tmp_path / "report" / "latency-accuracy-b1-s8.png").is_file() and "wrote" in stderr
+    code, _, stderr = run("quantize", str(out), "--target", "openvino", "--calibration", "entropy")
+    assert code == 1 and "NNCF measures its own ranges" in stderr
