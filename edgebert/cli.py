@@ -163,6 +163,14 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     help="Time the --data texts (or the built-in sentences) one at a time at their own lengths, "
     "tokenization included, instead of synthetic batches: what a device sees.",
 )
+@click.option(
+    "--static-shapes",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="openvino: also run the INT8 models compiled for each input shape met, keeping the last N "
+    "(faster; costs a compile per new shape and a copy of the weights each).",
+)
 @click.option("--precision", "precisions", help="Comma-separated models to run (default: all in the bundle).")
 @click.option(
     "--threads",
@@ -203,6 +211,7 @@ def bench(
     batch_sizes: str,
     seq_lens: str,
     real_text: bool,
+    static_shapes: int,
     precisions: str | None,
     threads: int | None,
     min_runs: int,
@@ -224,6 +233,7 @@ def bench(
         precisions=tuple(precisions.split(",")) if precisions else None,
         data=data,
         real_text=real_text,
+        static_shapes=static_shapes,
         threads=threads,
         timing=Timing(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds),
         save=not no_save,

@@ -162,14 +162,17 @@ def test_real_text_mode(ov_bundle: Path, sentiment_files: tuple[Path, Path]) -> 
         precisions=("int8",),
         data=str(sentiment_files[1]),
         real_text=True,
+        static_shapes=4,
         threads=1,
         timing=QUICK,
         save=False,
     )
     report = bench(str(ov_bundle), config)
-    [row] = report["results"]
-    assert (row["model"], row["batch_size"], row["seq_len"]) == ("openvino-int8", 1, "real")
-    assert row["runs"] >= 3 and "tokenization included" in report["timed_on"]
+    dynamic, static = report["results"]
+    assert (dynamic["model"], dynamic["batch_size"], dynamic["seq_len"]) == ("openvino-int8", 1, "real")
+    assert dynamic["runs"] >= 3 and "tokenization included" in report["timed_on"]
+    assert (static["model"], static["static_shapes"], dynamic["static_shapes"]) == ("openvino-int8", 4, 0)
+    assert static["agreement"] >= 0.9
 
 
 def test_cli_export_to_openvino_predict_and_bench(
@@ -205,3 +208,14 @@ def test_cli_export_to_openvino_predict_and_bench(
     assert (tmp_path / "report" / "latency-accuracy-b1-s8.png").is_file() and "wrote" in stderr
     code, _, stderr = run("quantize", str(out), "--target", "openvino", "--calibration", "entropy")
     assert code == 1 and "NNCF measures its own ranges" in stderr
+
+
+def test_static_shapes_follow_the_dynamic_model(ov_bundle: Path) -> None:
+    texts = ["the movie was really good", "the film was really awful and the story was dull too"]
+    dynamic = Predictor(ov_bundle, precision="fp32", backend="openvino", inference_precision="f32")
+    static = Predictor(
+        ov_bundle, precision="fp32", backend="openvino", inference_precision="f32", static_shapes=2
+    )
+    for batch in ([texts[0]], [texts[1]], texts, [texts[0]]):  # three shapes, one met again
+        np.testing.assert_allclose(static.outputs(batch)[0], dynamic.outputs(batch)[0], atol=1e-4)
+    assert len(static.session._specialised) == 2  # the least recently used shape was let go

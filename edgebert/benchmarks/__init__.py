@@ -45,7 +45,8 @@ class BenchConfig:
     reads. ``precisions``: model names (on openvino, ``int8`` means ``openvino-int8``). ``data``: a
     labeled file for accuracy (agreement alone without labels; the built-in sentences without it).
     ``real_text``: time the ``data`` texts one at a time at their own lengths, tokenization included,
-    instead of synthetic batches of ``batch_sizes`` x ``seq_lens``."""
+    instead of synthetic batches of ``batch_sizes`` x ``seq_lens``. ``static_shapes``: OpenVINO's
+    INT8 models run a second time with shape-specialised compiled models (see ``OpenVINOSession``)."""
 
     devices: tuple[str, ...] = ("cpu",)
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -53,6 +54,7 @@ class BenchConfig:
     precisions: tuple[str, ...] | None = None
     data: str | None = None
     real_text: bool = False
+    static_shapes: int = 0
     threads: int | None = None
     timing: Timing = field(default_factory=Timing)
     save: bool = True
@@ -91,6 +93,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
                     "model": subject.model,
                     "precision": precision,
                     "inference_precision": _computed(precision, computed),
+                    "static_shapes": subject.static_shapes,
                     **shape,
                     **quality[label],
                     "size_mb": model_size_mb(bundle, subject.model),
@@ -147,6 +150,9 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
             if device == "openvino" and art.precision == "fp32":
                 subjects[f"openvino:{name}@f32"] = Subject(bundle.path, name, device, "f32")
             subjects[f"{device}:{name}"] = Subject(bundle.path, name, device)
+            if device == "openvino" and art.precision == "int8" and config.static_shapes:
+                static = Subject(bundle.path, name, device, static_shapes=config.static_shapes)
+                subjects[f"openvino:{name}@static"] = static
     if not subjects:
         raise BundleError(
             f"none of the bundle's models ({', '.join(models)}) runs on {', '.join(config.devices)}"
@@ -219,6 +225,7 @@ def _quality(
             precision=subject.model,
             backend=subject.device,
             inference_precision=subject.inference_precision,
+            static_shapes=subject.static_shapes,
         )
         outputs = predictor.outputs(texts)[0]
         agreement = fidelity(bundle.manifest.task, reference, outputs)

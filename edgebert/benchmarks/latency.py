@@ -37,14 +37,16 @@ class Timing:
 
 @dataclass(frozen=True)
 class Subject:
-    """One thing to time: a bundle's model on a device, with OpenVINO's ``inference_precision`` hint
-    (None: the runtime's default) and the Predictor's ``pad_to_multiple_of`` (None: the backend's)."""
+    """One thing to time: a bundle's model on a device, with the Predictor's options: OpenVINO's
+    ``inference_precision`` hint (None: the runtime's default), ``pad_to_multiple_of`` (None: the
+    backend's) and ``static_shapes``."""
 
     bundle: Path
     model: str
     device: str
     inference_precision: str | None = None
     pad_to_multiple_of: int | None = None
+    static_shapes: int = 0
 
 
 Shape = tuple[int, int] | tuple[str, tuple[Any, ...]]  # (batch, seq_len), or ("real", texts)
@@ -146,6 +148,7 @@ def _child(conn: Connection, subject: Subject, threads: int | None) -> None:
             threads=threads,
             inference_precision=subject.inference_precision,
             pad_to_multiple_of=subject.pad_to_multiple_of,
+            static_shapes=subject.static_shapes,
         )
         conn.send(
             {

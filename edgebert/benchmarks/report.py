@@ -33,10 +33,11 @@ COLUMNS = (
 
 def rows(report: dict[str, Any]) -> list[list[str]]:
     """The report's results as table cells (``COLUMNS``), each latency also as a ratio to fp32 on
-    ONNX Runtime CPU at the same shape (or the first fp32 row measured there)."""
+    ONNX Runtime CPU at the same shape (or to the first model computing in fp32 there)."""
     fp32: dict[tuple[Any, Any], dict[str, Any]] = {}
     for r in report["results"]:
-        if r["model"] == "fp32" and (r["target"] == "cpu" or (r["batch_size"], r["seq_len"]) not in fp32):
+        exact = r["inference_precision"] in ("fp32", "f32")
+        if exact and (r["target"] == "cpu" or (r["batch_size"], r["seq_len"]) not in fp32):
             fp32[(r["batch_size"], r["seq_len"])] = r
     cells = []
     for r in report["results"]:
@@ -46,7 +47,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
         cells.append(
             [
                 r["target"],
-                r["model"],
+                _model(r),
                 r["inference_precision"],
                 f"{r['batch_size']}×{r['seq_len']}",
                 f"{latency['p50']:.2f}",
@@ -64,14 +65,19 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
     return cells
 
 
+def _model(row: dict[str, Any]) -> str:
+    """The model's name, marked when OpenVINO ran it with shape-specialised compiled models."""
+    return f"{row['model']} static" if row.get("static_shapes") else row["model"]
+
+
 def caption(report: dict[str, Any]) -> str:
     first = report["results"][0]
     return (
         f"shape: batch × tokens; latency percentiles ({report['percentile_method']}) over at least "
         f"{report['timing']['min_runs']} timed runs ({report['timed_on']}) after "
         f"{report['timing']['warmup']} warm-up runs; peak MB: the process's peak resident memory; "
-        f"first ms: the first inference; agreement ({first['agreement_metric']}) "
-        f"with {first['agreement_with']} on {report['quality_data']}"
+        "first ms: the first inference; static: compiled for each input shape; "
+        f"agreement ({first['agreement_metric']}) with {first['agreement_with']} on {report['quality_data']}"
     )
 
 
@@ -180,7 +186,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
         # neighbours (by latency) alternate above and below; labels right of the middle end at their point
         right = x > middle
         axes.annotate(
-            f"{r['model']} on {r['target']} ({r['inference_precision']})",
+            f"{_model(r)} on {r['target']} ({r['inference_precision']})",
             (x, y),
             fontsize=7,
             xytext=(-4 if right else 4, 6 if rank[i] % 2 == 0 else -11),

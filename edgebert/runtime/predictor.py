@@ -67,7 +67,8 @@ class Predictor:
     the bundle's model (``int8``, ``fp32``, ``openvino-int8``...; on OpenVINO ``int8`` means
     ``openvino-int8``); by default the backend's best. ``inference_precision``: see ``open_session``.
     ``pad_to_multiple_of``: pad inputs to a multiple of this many tokens (default: the backend's, see
-    ``Backend``; 1 pads only to the longest text of a batch).
+    ``Backend``; 1 pads only to the longest text of a batch). ``static_shapes`` (OpenVINO): compile
+    a model for each of the last that many input shapes (faster, more memory: ``OpenVINOSession``).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Predictor:
         threads: int | None = None,
         inference_precision: str | None = None,
         pad_to_multiple_of: int | None = None,
+        static_shapes: int = 0,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.precision, self.backend = choose_model(self.bundle, precision, backend)
@@ -93,6 +95,7 @@ class Predictor:
             self.backend,
             threads=threads,
             inference_precision=inference_precision,
+            static_shapes=static_shapes,
         )
         self.input_names = {i.name for i in self.session.get_inputs()}
         made_by = self.bundle.manifest.artifacts[self.precision].made_by
