@@ -58,6 +58,10 @@ class Manifest:
     def with_artifact(self, name: str, artifact: Artifact) -> Manifest:
         return dataclasses.replace(self, artifacts={**self.artifacts, name: artifact})
 
+    def with_validation(self, name: str, validation: dict[str, Any]) -> Manifest:
+        """This manifest with artifact ``name``'s validation figures recorded."""
+        return self.with_artifact(name, dataclasses.replace(self.artifacts[name], validation=validation))
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["labels"] = list(self.labels) if self.labels is not None else None

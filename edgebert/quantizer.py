@@ -165,8 +165,7 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     if (stage / CALIBRATION_FILE).is_file():
         calibration = artifact(stage, CALIBRATION_FILE, parent="int8", made_by={"method": config.method})
         manifest = manifest.with_artifact("calibration", calibration)
-    validation = validate_against_parent(Bundle(stage, manifest), "int8", config)
-    return manifest.with_artifact("int8", dataclasses.replace(int8, validation=validation))
+    return validated(stage, manifest, "int8", config)
 
 
 def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
@@ -316,6 +315,11 @@ def _quantize_dynamic(source: Path, target: Path, config: QuantizeConfig, exclud
             # the transformer optimizer's fused graph needs a default type for its contrib ops' weights
             extra_options={"DefaultTensorType": 1},
         )
+
+
+def validated(stage: Path, manifest: Manifest, name: str, config: QuantizeConfig) -> Manifest:
+    """``manifest`` with artifact ``name`` checked against its parent and the figures recorded."""
+    return manifest.with_validation(name, validate_against_parent(Bundle(stage, manifest), name, config))
 
 
 def validate_against_parent(bundle: Bundle, name: str, config: QuantizeConfig) -> dict[str, Any]:

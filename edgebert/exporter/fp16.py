@@ -4,12 +4,11 @@ validation needs no GPU."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-from edgebert.bundle import Bundle, Manifest, artifact
+from edgebert.bundle import Manifest, artifact
 
 FP16_FILE = "model.fp16.onnx"
 
@@ -19,7 +18,7 @@ def fp16_into(stage: Path, manifest: Manifest, config: Any) -> Manifest:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from edgebert.quantizer import validate_against_parent
+    from edgebert.quantizer import validated
 
     started = time.perf_counter()
     model = convert_float_to_float16(
@@ -32,6 +31,4 @@ def fp16_into(stage: Path, manifest: Manifest, config: Any) -> Manifest:
         "seconds": round(time.perf_counter() - started, 1),
     }
     fp16 = artifact(stage, FP16_FILE, precision="fp16", parent="fp32", made_by=made_by)
-    manifest = manifest.with_artifact("fp16", fp16)
-    validation = validate_against_parent(Bundle(stage, manifest), "fp16", config)
-    return manifest.with_artifact("fp16", dataclasses.replace(fp16, validation=validation))
+    return validated(stage, manifest.with_artifact("fp16", fp16), "fp16", config)

@@ -11,7 +11,6 @@ agreement with the fp32 teacher on those texts (no labels) at the target.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import sys
 import time
@@ -59,11 +58,11 @@ def openvino_into(stage: Path, manifest: Manifest, config: Any, *, int8: bool) -
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
-    manifest = _with_validation(stage, manifest, "openvino-fp32", _validate_fp32(stage, manifest))
+    manifest = manifest.with_validation("openvino-fp32", _validate_fp32(stage, manifest))
     if not int8:
         return manifest
     require("nncf", "openvino")
-    from edgebert.quantizer import calibration_texts, validate_against_parent
+    from edgebert.quantizer import calibration_texts, validated
 
     texts, measured_on = calibration_texts(config)
     log.info("quantizing the OpenVINO IR with NNCF (%s) on %s", config.method, measured_on)
@@ -80,8 +79,7 @@ def openvino_into(stage: Path, manifest: Manifest, config: Any, *, int8: bool) -
     manifest = _save(
         stage, manifest, "openvino-int8", quantized, fp16_weights=False, precision="int8", made_by=made_by
     )
-    validation = validate_against_parent(Bundle(stage, manifest), "openvino-int8", config)
-    return _with_validation(stage, manifest, "openvino-int8", validation)
+    return validated(stage, manifest, "openvino-int8", config)
 
 
 def _nncf(
@@ -154,10 +152,6 @@ def _save(
         name, artifact(stage, xml, precision=precision, parent="fp32", made_by=made_by)
     )
     return manifest.with_artifact(f"{name}.bin", artifact(stage, weights, kind="weights", parent=name))
-
-
-def _with_validation(stage: Path, manifest: Manifest, name: str, validation: dict[str, Any]) -> Manifest:
-    return manifest.with_artifact(name, dataclasses.replace(manifest.artifacts[name], validation=validation))
 
 
 def _validate_fp32(stage: Path, manifest: Manifest, tolerance: float = 1e-4) -> dict[str, Any]:
