@@ -223,15 +223,7 @@ def quality(subjects: dict[str, Subject], dev: str, skip_accuracy: bool) -> dict
     reference = Predictor(reference_bundle, precision="fp32").outputs(examples.texts)[0]
     rows = {}
     for label, subject in subjects.items():
-        predictor = Predictor(
-            subject.bundle,
-            precision=subject.model,
-            backend=subject.device,
-            inference_precision=subject.inference_precision,
-            pad_to_multiple_of=subject.pad_to_multiple_of,
-            static_shapes=subject.static_shapes,
-        )
-        outputs = predictor.outputs(examples.texts)[0]
+        outputs = subject.predictor().outputs(examples.texts)[0]
         files = _files(Bundle.load(subject.bundle), subject.model)
         rows[label] = {
             "accuracy": None if skip_accuracy else float(np.mean(outputs.argmax(-1) == labels)),

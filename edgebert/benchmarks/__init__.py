@@ -27,7 +27,7 @@ from edgebert.bundle import REPORTS, Bundle
 from edgebert.data import encode_labels, read_examples
 from edgebert.errors import BundleError, EdgebertError
 from edgebert.fidelity import fidelity
-from edgebert.runtime import BACKENDS, Predictor, require_backend
+from edgebert.runtime import BACKENDS, require_backend
 from edgebert.samples import SENTENCES
 
 __all__ = ["BenchConfig", "Timing", "bench"]
@@ -217,17 +217,11 @@ def _quality(
     """Accuracy on labeled data (classify) and agreement with the fp32 model on ONNX Runtime CPU."""
     reference_name = "fp32" if "fp32" in bundle.models() else next(iter(bundle.models()))
     log.info("running the models on %d texts for accuracy and agreement", len(texts))
-    reference = Predictor(bundle, precision=reference_name, backend="cpu").outputs(texts)[0]
+    reference_subject = Subject(bundle.path, reference_name, "cpu")
+    reference = reference_subject.predictor(bundle).outputs(texts)[0]
     quality = {}
     for label, subject in subjects.items():
-        predictor = Predictor(
-            bundle,
-            precision=subject.model,
-            backend=subject.device,
-            inference_precision=subject.inference_precision,
-            static_shapes=subject.static_shapes,
-        )
-        outputs = predictor.outputs(texts)[0]
+        outputs = reference if subject == reference_subject else subject.predictor(bundle).outputs(texts)[0]
         agreement = fidelity(bundle.manifest.task, reference, outputs)
         quality[label] = {
             "accuracy": float(np.mean(outputs.argmax(-1) == labels)) if labels is not None else None,

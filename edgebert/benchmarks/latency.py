@@ -48,6 +48,20 @@ class Subject:
     pad_to_multiple_of: int | None = None
     static_shapes: int = 0
 
+    def predictor(self, bundle: Any = None, threads: int | None = None) -> Any:
+        """A Predictor running this subject (``bundle``: the loaded Bundle, if at hand)."""
+        from edgebert.runtime import Predictor
+
+        return Predictor(
+            bundle or self.bundle,
+            precision=self.model,
+            backend=self.device,
+            threads=threads,
+            inference_precision=self.inference_precision,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            static_shapes=self.static_shapes,
+        )
+
 
 Shape = tuple[int, int] | tuple[str, tuple[Any, ...]]  # (batch, seq_len), or ("real", texts)
 
@@ -137,19 +151,11 @@ def _child(conn: Connection, subject: Subject, threads: int | None) -> None:
     """Serve timing requests for one model until told to stop; errors are sent back to the parent."""
     try:
         from edgebert.bundle import Bundle
-        from edgebert.runtime import Predictor, computed_in
+        from edgebert.runtime import computed_in
 
         bundle = Bundle.load(subject.bundle)
         start = time.perf_counter()
-        predictor = Predictor(
-            bundle,
-            precision=subject.model,
-            backend=subject.device,
-            threads=threads,
-            inference_precision=subject.inference_precision,
-            pad_to_multiple_of=subject.pad_to_multiple_of,
-            static_shapes=subject.static_shapes,
-        )
+        predictor = subject.predictor(bundle, threads)
         conn.send(
             {
                 "load_ms": (time.perf_counter() - start) * 1000,

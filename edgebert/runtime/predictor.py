@@ -22,7 +22,7 @@ import numpy as np
 
 from edgebert.bundle import Bundle, BundleError
 from edgebert.errors import InputError, TextTypeError
-from edgebert.runtime.backends import BACKENDS, open_session
+from edgebert.runtime.backends import BACKENDS, open_session, require_backend
 
 Text = str | tuple[str, str]
 
@@ -87,8 +87,7 @@ class Predictor:
         self.tokenizer = load_tokenizer(
             self.bundle.file("tokenizer"),
             self.bundle.manifest.max_length,
-            pad_to_multiple_of=pad_to_multiple_of
-            or (BACKENDS[self.backend].pad_to_multiple_of if self.backend in BACKENDS else None),
+            pad_to_multiple_of=pad_to_multiple_of or BACKENDS[self.backend].pad_to_multiple_of,
         )
         self.session = open_session(
             self.bundle.file(self.precision),
@@ -181,10 +180,13 @@ class Predictor:
 
 
 def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> tuple[str, str]:
-    """The bundle model to run and the backend to run it on (see ``Predictor``)."""
+    """The bundle model to run and the backend to run it on (see ``Predictor``); a clear error for a
+    backend that is unknown or not installed."""
+    if backend is not None:
+        require_backend(backend)
     models = bundle.models()
     if precision is None:
-        wanted = BACKENDS[backend].prefers if backend in BACKENDS else ("int8", "fp32")
+        wanted = BACKENDS[backend or "cpu"].prefers
     else:
         wanted = (f"openvino-{precision}", precision) if backend == "openvino" else (precision,)
     name = next((n for n in wanted if n in models), None)
@@ -195,7 +197,7 @@ def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> 
         )
     suffix = Path(models[name].file).suffix
     backend = backend or ("openvino" if suffix == ".xml" else "cpu")
-    if backend in BACKENDS and suffix not in BACKENDS[backend].suffixes:
+    if suffix not in BACKENDS[backend].suffixes:
         raise BundleError(
             f"model '{name}' is an OpenVINO IR: run it with backend 'openvino'"
             if suffix == ".xml"
