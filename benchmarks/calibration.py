@@ -46,13 +46,20 @@ print(json.dumps({"seconds": time.perf_counter() - began, "peak_rss_mb": peak}))
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def subject_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments the benchmarks share: the model, its calibration and dev files, the number of
+    calibration texts and the threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=str(SHARED / "models" / "minilm-sst2"))
     parser.add_argument("--calibration", default=str(SHARED / "data" / "sst2" / "train.tsv"))
     parser.add_argument("--dev", default=str(SHARED / "data" / "sst2" / "dev.tsv"))
-    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=512, help="Calibration texts.")
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> None:
+    parser = subject_parser(__doc__.splitlines()[0])
     parser.add_argument("--bert-base", action="store_true", help="A bert-base-shaped model instead.")
     parser.add_argument("--out", help="Default: benchmarks/results/calibration[-bert-base].md.")
     args = parser.parse_args()

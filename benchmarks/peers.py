@@ -4,7 +4,9 @@ INT8), ONNX Runtime's quantize_dynamic with its defaults, OpenVINO on the ONNX m
 precision) and OpenVINO + NNCF INT8 (nncf.quantize, transformer model type) — and edgebert's bundle
 on each target (ONNX Runtime CPU: static INT8 with distillation-aware calibration; OpenVINO: its IR
 and NNCF INT8 under NNCF's accuracy control with agreement with fp32 as the metric, inputs padded to
-multiples of 16 tokens, a model compiled for each input shape met).
+multiples of 32 tokens, a model compiled for each input shape met). The peer recipes start from
+Optimum's plain ONNX export; edgebert's bundle from its own, whose last layer computes the first
+token only (edgebert/exporter/first_token.py).
 
     bash benchmarks/peers_env.sh                 # once: Optimum in .peers-venv (its pins clash with ours)
     .venv/bin/python benchmarks/peers.py [--threads 2] [--bert-base]
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from calibration import bert_base  # benchmarks/calibration.py
+from calibration import bert_base, subject_parser  # benchmarks/calibration.py
 
 from edgebert.benchmarks import Timing
 from edgebert.benchmarks.latency import Subject, latency_stats, measure_models
@@ -38,9 +40,9 @@ from edgebert.bundle import Bundle, artifact, read_manifest, write_manifest
 from edgebert.data import encode_labels, read_examples
 from edgebert.fidelity import fidelity
 from edgebert.runtime import Predictor
+from edgebert.runtime.backends import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 PEERS_PYTHON = ROOT / ".peers-venv" / "bin" / "python"
 TIMING = Timing(warmup=10, min_runs=100, min_seconds=3.0)
 REAL_TEXTS = 300
@@ -48,12 +50,7 @@ STATIC_SHAPES = 16  # edgebert's OpenVINO model: compiled for each of up to 16 i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(SHARED / "models" / "minilm-sst2"))
-    parser.add_argument("--calibration", default=str(SHARED / "data" / "sst2" / "train.tsv"))
-    parser.add_argument("--dev", default=str(SHARED / "data" / "sst2" / "dev.tsv"))
-    parser.add_argument("--samples", type=int, default=512, help="Calibration texts (edgebert and NNCF).")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = subject_parser(__doc__.splitlines()[0])
     parser.add_argument("--bert-base", action="store_true", help="A bert-base-shaped model instead.")
     args = parser.parse_args()
     if not PEERS_PYTHON.is_file():
@@ -131,28 +128,31 @@ def build(
         ).stdout
     )
     seconds["Optimum export + avx512_vnni dynamic INT8"] = time.perf_counter() - began
-    optimum = wrap(base, work / "optimum-bundle", {"int8": Path(made["quantized_onnx"])})
+    # the peers start from Optimum's plain export, not from edgebert's (whose last layer computes the
+    # first token only): each recipe gets the graph a user of those tools would have
+    plain = wrap(base, work / "plain-fp32", {"fp32": Path(made["fp32_onnx"])})
+    optimum = wrap(plain, work / "optimum-bundle", {"int8": Path(made["quantized_onnx"])})
 
     from onnxruntime.quantization import quantize_dynamic
 
     began = time.perf_counter()
-    quantize_dynamic(base / "model.onnx", work / "ort-dynamic.onnx")
+    quantize_dynamic(plain / "model.onnx", work / "ort-dynamic.onnx")
     seconds["ONNX Runtime quantize_dynamic (defaults)"] = time.perf_counter() - began
-    ort_dynamic = wrap(base, work / "ort-dynamic-bundle", {"int8": work / "ort-dynamic.onnx"})
+    ort_dynamic = wrap(plain, work / "ort-dynamic-bundle", {"int8": work / "ort-dynamic.onnx"})
 
     began = time.perf_counter()
-    nncf_xml = nncf_recipe(base, args.calibration, args.samples, work / "nncf")
+    nncf_xml = nncf_recipe(plain, args.calibration, args.samples, work / "nncf")
     seconds["OpenVINO + NNCF INT8 (nncf.quantize)"] = time.perf_counter() - began
     nncf = wrap(
-        base,
+        plain,
         work / "nncf-bundle",
         {"openvino-int8": nncf_xml, "openvino-int8.bin": nncf_xml.with_suffix(".bin")},
     )
     subjects = {
-        "ONNX Runtime fp32": (base, "fp32", "cpu", None),
+        "ONNX Runtime fp32": (plain, "fp32", "cpu", None),
         "Optimum avx512_vnni dynamic INT8": (optimum, "int8", "cpu", None),
         "ONNX Runtime quantize_dynamic INT8": (ort_dynamic, "int8", "cpu", None),
-        "OpenVINO fp32 (default precision)": (base, "fp32", "openvino", None),
+        "OpenVINO fp32 (default precision)": (plain, "fp32", "openvino", None),
         "OpenVINO + NNCF INT8": (nncf, "openvino-int8", "openvino", None),
         "edgebert ONNX Runtime INT8 (distill)": (ours, "int8", "cpu", None),
         "edgebert OpenVINO INT8" + ("" if args.bert_base else " (distill)"): (
@@ -166,14 +166,15 @@ def build(
 
 
 def wrap(base: Path, dest: Path, files: dict[str, Path]) -> Path:
-    """A copy of the fp32 bundle with a peer's model files added as artifacts."""
+    """A copy of the fp32 bundle with a peer's model files added as artifacts (or, for ``fp32``,
+    replacing its own)."""
     shutil.copytree(base, dest)
     manifest = read_manifest(dest)
     for name, source in files.items():
         shutil.copy(source, dest / source.name)
         kind = "weights" if name.endswith(".bin") else "model"
-        precision = None if kind == "weights" else "int8"
-        parent = name.removesuffix(".bin") if kind == "weights" else "fp32"
+        precision = None if kind == "weights" else "fp32" if name == "fp32" else "int8"
+        parent = name.removesuffix(".bin") if kind == "weights" else None if name == "fp32" else "fp32"
         manifest = manifest.with_artifact(
             name,
             artifact(
@@ -374,7 +375,9 @@ def write(
     from edgebert.benchmarks.system import system_info
 
     system = system_info()
-    flags = " --bert-base" if args.bert_base else ""
+    flags = (" --bert-base" if args.bert_base else "") + (
+        f" --samples {args.samples}" if args.samples != 512 else ""
+    )
     subject = (
         "a bert-base-shaped BERT classifier (12 layers, hidden 768; random weights, seed 0; accuracy meaningless, not shown)"
         if args.bert_base
@@ -391,9 +394,12 @@ def write(
         "p50 latency in ms (p99 in brackets). b1, b8: synthetic text, 128 tokens. real: SST-2 dev sentences one at a "
         "time at their own lengths, tokenization included. Every ONNX/OpenVINO model ran in one interleaved run; "
         "PyTorch and Optimum's pipeline ran after it with the same rule (≥100 runs and ≥3 s after 10 warm-up runs). "
-        "edgebert's OpenVINO model pads inputs to multiples of 16 tokens and compiles a model for each input shape "
+        f"edgebert's OpenVINO model pads inputs to multiples of {BACKENDS['openvino'].pad_to_multiple_of} tokens and "
+        "compiles a model for each input shape "
         f"it meets (up to {STATIC_SHAPES}): each new shape costs a compile (on real text inside the timed runs, so it shows "
-        "in p99) and a copy of the weights (in peak MB).",
+        "in p99) and a copy of the weights (in peak MB). The peer recipes start from Optimum's plain ONNX export; "
+        "edgebert's models from edgebert's export, whose last layer computes the first token only (exact: the only "
+        "token the classifier reads).",
         "",
         "| recipe | computes in | b1 | b8 | real | dev accuracy | agreement with fp32 | size MB | peak MB |",
         "|---|---|---|---|---|---|---|---|---|",

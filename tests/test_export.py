@@ -48,6 +48,66 @@ def test_embed_bundle_follows_torch_pooling(embed_bundle: Path, tiny_embedder: P
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_classifier_last_layer_runs_the_first_token_only(
+    classify_bundle: Path, embed_bundle: Path, tiny_classifier: Path
+) -> None:
+    """The head reads the first token alone, so the exported last layer computes its feed-forward
+    block for that token only, and the model still answers as the unmodified torch model does."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    fp32 = Bundle.load(classify_bundle).manifest.artifacts["fp32"]
+    assert fp32.made_by["last_layer"].startswith("first token only")
+    assert "last_layer" not in Bundle.load(embed_bundle).manifest.artifacts["fp32"].made_by  # mean pooling
+
+    texts = ["short", "a somewhat longer sentence about the battery life of this phone", "two words"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)(**batch).logits.numpy()
+    feeds = {k: v.numpy() for k, v in batch.items()}
+    model = onnx.load(str(classify_bundle / "model.onnx"))
+
+    # the last layer's nodes are named as every other layer's (the quantizer finds them by name)
+    def names(layer: int) -> set[str]:
+        scope = f"/model/bert/encoder/layer.{layer}/"
+        return {n.name.removeprefix(scope) for n in model.graph.node if n.name.startswith(scope)}
+
+    dense = {f"attention/self/{w}/MatMul" for w in ("query", "key", "value")}
+    dense |= {"attention/output/dense/MatMul", "intermediate/dense/MatMul", "output/dense/MatMul"}
+    assert names(0) >= dense and names(1) >= dense
+    ffn = [f"/model/bert/encoder/layer.{i}/output/dense/MatMul" for i in (0, 1)]
+    ffn = [n.output[0] for name in ffn for n in model.graph.node if n.name == name]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in ffn)
+    logits, *ffn_outputs = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    assert [out.shape[1] for out in ffn_outputs] == [feeds["input_ids"].shape[1], 1]
+
+
+def test_cls_pooled_embedder_runs_the_first_token_only(tiny_embedder: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    checkpoint = tmp_path / "cls-embedder"
+    shutil.copytree(tiny_embedder, checkpoint)
+    (checkpoint / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    bundle = export(tmp_path / "bundle", ExportConfig(model=str(checkpoint)))
+    assert bundle.manifest.pooling is not None and bundle.manifest.pooling["mode"] == "cls"
+    assert bundle.manifest.artifacts["fp32"].made_by["last_layer"].startswith("first token only")
+    texts = ["a short one", "and a rather longer sentence about batteries"]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(checkpoint)(**tokenizer(texts, padding=True, return_tensors="pt"))
+    expected = torch.nn.functional.normalize(hidden.last_hidden_state[:, 0], dim=1).numpy()
+    got = np.stack([r.embedding for r in Predictor(bundle.path, precision="fp32").predict(texts)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
 def test_dynamic_axes(classify_bundle: Path) -> None:
     predictor = Predictor(classify_bundle, precision="fp32")
     for batch, length in ((1, 5), (3, 40)):

@@ -71,6 +71,8 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         raise EdgebertError(f"unknown --target '{config.target}': use onnx or openvino")
     if not 8 <= config.max_length <= 512:
         raise EdgebertError(f"--max-length {config.max_length} is out of range: use 8 to 512")
+    from edgebert.exporter.first_token import first_token_only
+
     checkpoint = resolve(config.model)
     task = config.task or checkpoint.task
     if task == "classify" and checkpoint.task != "classify":
@@ -83,13 +85,14 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
     with staging(Path(out), replace=config.force) as stage:
         _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, config.max_length)
         log.info("exporting to ONNX (opset %d, dynamic batch and sequence axes)", config.opset)
-        _onnx_export(module, hf_tokenizer, stage / FP32_FILE, config.opset, _output_name(task))
-        fusion = _fuse(stage / FP32_FILE, checkpoint) if config.fuse else None
-        manifest = _manifest(stage, checkpoint, task, config, fusion)
+        with first_token_only(module.model, task, checkpoint.pooling) as first_token:
+            _onnx_export(module, hf_tokenizer, stage / FP32_FILE, config.opset, _output_name(task))
+        made_by = _made_by(config, _fuse(stage / FP32_FILE, checkpoint) if config.fuse else None, first_token)
+        manifest = _manifest(stage, checkpoint, task, config, made_by)
         log.info("validating the ONNX model against torch on %d sentences", len(SENTENCES))
         validation = _validate(Bundle(stage, manifest), module, hf_tokenizer, config.tolerance)
         manifest = manifest.with_artifact(
-            "fp32", artifact(stage, FP32_FILE, **{**_fp32_fields(config, fusion), "validation": validation})
+            "fp32", artifact(stage, FP32_FILE, **{**_fp32_fields(made_by), "validation": validation})
         )
         manifest = _derive(stage, manifest, config)
         write_manifest(stage, manifest)
@@ -213,18 +216,24 @@ def _fuse(path: Path, checkpoint: Checkpoint) -> dict[str, int]:
     return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
 
 
-def _fp32_fields(config: ExportConfig, fusion: dict[str, int] | None) -> dict[str, Any]:
-    made_by = {
+def _made_by(config: ExportConfig, fusion: dict[str, int] | None, first_token: bool) -> dict[str, Any]:
+    made_by: dict[str, Any] = {
         "tool": "torch.onnx.export",
         "exporter": "torchscript",
         "opset": config.opset,
         "fusion": fusion,
     }
+    if first_token:  # see edgebert.exporter.first_token
+        made_by["last_layer"] = "first token only (the only one the head reads)"
+    return made_by
+
+
+def _fp32_fields(made_by: dict[str, Any]) -> dict[str, Any]:
     return {"precision": "fp32", "parent": None, "made_by": made_by}
 
 
 def _manifest(
-    stage: Path, checkpoint: Checkpoint, task: str, config: ExportConfig, fusion: dict[str, int] | None
+    stage: Path, checkpoint: Checkpoint, task: str, config: ExportConfig, made_by: dict[str, Any]
 ) -> Manifest:
     import onnx
     import onnxruntime
@@ -243,7 +252,7 @@ def _manifest(
         pooling=checkpoint.pooling if task == "embed" else None,
         artifacts={
             "tokenizer": artifact(stage, TOKENIZER_FILE, kind="tokenizer"),
-            "fp32": artifact(stage, FP32_FILE, **_fp32_fields(config, fusion)),
+            "fp32": artifact(stage, FP32_FILE, **_fp32_fields(made_by)),
         },
         versions={
             "edgebert": __version__,

@@ -1,0 +1,102 @@
+"""The last encoder layer computed for the first token only, where nothing reads the others.
+
+A classifier's head (BERT's pooler) and CLS pooling read only the first token of the last layer's
+output. That layer still needs every token's keys and values, but its queries, attention output,
+feed-forward block and LayerNorms are needed for the first token alone: skipping the rest is exact
+(the exported model is validated against the unmodified torch model) and took the SST-2 MiniLM to
+0.86-0.88x the time at 128 tokens (benchmarks/results/first-token.md).
+
+The replacement modules hold the original's submodules in the original hierarchy, so the exported
+graph's node names (``.../layer.5/output/dense/MatMul``) are those of every other layer, which
+the quantizer and NNCF's reports name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def _applies(model: Any, task: str, pooling: dict[str, Any]) -> bool:
+    """Whether only the first token of ``model``'s last layer is read: a BERT classifier, or a BERT
+    embedding model with CLS pooling, with absolute positions and no cross-attention."""
+    bert = getattr(model, "bert", model)
+    config = getattr(bert, "config", None)
+    return (
+        getattr(config, "model_type", None) == "bert"
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(config, "is_decoder", False)
+        and (task == "classify" or pooling.get("mode") == "cls")
+        and hasattr(getattr(bert, "encoder", None), "layer")
+    )
+
+
+@contextlib.contextmanager
+def first_token_only(model: Any, task: str, pooling: dict[str, Any]) -> Iterator[bool]:
+    """Within the block, ``model``'s last encoder layer returns its first token only, where that is
+    all that ``task`` reads; yields whether it does."""
+    if not _applies(model, task, pooling):
+        yield False
+        return
+    layers = getattr(model, "bert", model).encoder.layer
+    original = layers[-1]
+    layers[-1] = FirstTokenLayer(original)
+    try:
+        yield True
+    finally:
+        layers[-1] = original
+
+
+class FirstTokenLayer(torch.nn.Module):
+    """A BERT layer (``BertLayer``) that returns its first token only."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        self.attention = _Attention(layer.attention)
+        self.intermediate = layer.intermediate
+        self.output = layer.output
+
+    def forward(self, hidden: Any, attention_mask: Any = None, *args: Any, **kwargs: Any) -> tuple[Any]:
+        attended = self.attention(hidden, attention_mask)
+        return (self.output(self.intermediate(attended), attended),)
+
+
+class _Attention(torch.nn.Module):
+    """``BertAttention`` for the first token: its self-attention, then its output block."""
+
+    def __init__(self, attention: Any) -> None:
+        super().__init__()
+        self.self = _SelfAttention(attention.self)
+        self.output = attention.output
+
+    def forward(self, hidden: Any, attention_mask: Any) -> Any:
+        first = hidden[:, :1]
+        return self.output(self.self(first, hidden, attention_mask), first)
+
+
+class _SelfAttention(torch.nn.Module):
+    """``BertSelfAttention`` with the first token's query against every token's keys and values."""
+
+    def __init__(self, attention: Any) -> None:
+        super().__init__()
+        self.query, self.key, self.value = attention.query, attention.key, attention.value
+        self.heads, self.size = attention.num_attention_heads, attention.attention_head_size
+
+    def forward(self, first: Any, hidden: Any, attention_mask: Any) -> Any:
+        batch = hidden.shape[0]
+
+        def split(x: Any) -> Any:
+            return x.view(batch, -1, self.heads, self.size).transpose(1, 2)
+
+        if attention_mask is not None:  # [batch, 1, 1 or queries, keys]: the first query's row
+            attention_mask = attention_mask[:, :, :1]
+        context = torch.nn.functional.scaled_dot_product_attention(
+            split(self.query(first)),
+            split(self.key(hidden)),
+            split(self.value(hidden)),
+            attn_mask=attention_mask,
+        )
+        return context.transpose(1, 2).reshape(batch, 1, self.heads * self.size)
