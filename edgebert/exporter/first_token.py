@@ -21,16 +21,23 @@ import torch
 
 
 def _applies(model: Any, task: str, pooling: dict[str, Any]) -> bool:
-    """Whether only the first token of ``model``'s last layer is read: a BERT classifier, or a BERT
-    embedding model with CLS pooling, with absolute positions and no cross-attention."""
+    """Whether only the first token of ``model``'s last layer is read (a BERT classifier, or a BERT
+    embedding model with CLS pooling, with absolute positions and no cross-attention) and that layer
+    is built as this module knows (else the layer is exported whole)."""
     bert = getattr(model, "bert", model)
     config = getattr(bert, "config", None)
+    layers = getattr(getattr(bert, "encoder", None), "layer", None)
+    layer = layers[-1] if layers else None
+    attention = getattr(layer, "attention", None)
+    known = ("query", "key", "value", "num_attention_heads", "attention_head_size")
     return (
         getattr(config, "model_type", None) == "bert"
         and getattr(config, "position_embedding_type", "absolute") == "absolute"
         and not getattr(config, "is_decoder", False)
         and (task == "classify" or pooling.get("mode") == "cls")
-        and hasattr(getattr(bert, "encoder", None), "layer")
+        and all(hasattr(layer, name) for name in ("attention", "intermediate", "output"))
+        and hasattr(attention, "output")
+        and all(hasattr(getattr(attention, "self", None), name) for name in known)
     )
 
 
