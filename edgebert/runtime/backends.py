@@ -111,7 +111,9 @@ class OpenVINOSession:
 
     def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         compiled = self._for_shape(feeds) if self._static_shapes else self._dynamic
-        result = compiled.request().infer(feeds)
+        # no copies into and out of the request's buffers (25 us of a 0.7 ms MiniLM INT8 call); the
+        # outputs are copied here instead, before the next call on this thread reuses them
+        result = compiled.request().infer(feeds, share_inputs=True, share_outputs=True)
         return [np.array(result[name], copy=True) for name in names or self._outputs]
 
     def _for_shape(self, feeds: dict[str, np.ndarray]) -> _Compiled:
