@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from calibration import bert_base, subject_parser  # benchmarks/calibration.py
 
-from edgebert.benchmarks import Timing
+from edgebert.benchmarks import Timing, computes_in, model_size_mb
 from edgebert.benchmarks.latency import Subject, latency_stats, measure_models
 from edgebert.bundle import Bundle, artifact, read_manifest, write_manifest
 from edgebert.data import encode_labels, read_examples
@@ -85,7 +85,7 @@ def main() -> None:
                 for s in result["shapes"]
             }
             rows[label]["peak_rss_mb"] = result["peak_rss_mb"]
-            rows[label]["inference_precision"] = result["inference_precision"]
+            rows[label]["computes_in"] = computes_in(rows[label]["precision"], result["inference_precision"])
         rows["PyTorch fp32"] = pytorch(args.model, args.dev, texts, args.threads, args.bert_base)
         rows["Optimum pipeline (dynamic INT8)"] = optimum_pipeline(work / "optimum", args.dev, args.threads)
         if args.bert_base:  # random weights: accuracy means nothing
@@ -225,21 +225,14 @@ def quality(subjects: dict[str, Subject], dev: str, skip_accuracy: bool) -> dict
     rows = {}
     for label, subject in subjects.items():
         outputs = subject.predictor().outputs(examples.texts)[0]
-        files = _files(Bundle.load(subject.bundle), subject.model)
+        bundle = Bundle.load(subject.bundle)
         rows[label] = {
             "accuracy": None if skip_accuracy else float(np.mean(outputs.argmax(-1) == labels)),
             "agreement": fidelity("classify", reference, outputs)["agreement"],
-            "size_mb": sum(f.stat().st_size for f in files) / 2**20,
+            "size_mb": model_size_mb(bundle, subject.model),
+            "precision": bundle.manifest.artifacts[subject.model].precision or "fp32",
         }
     return rows
-
-
-def _files(bundle: Bundle, model: str) -> list[Path]:
-    return [
-        bundle.file(n)
-        for n, a in bundle.manifest.artifacts.items()
-        if n == model or (a.kind == "weights" and a.parent == model)
-    ]
 
 
 def pytorch(model_dir: str, dev: str, texts: list[str], threads: int, skip_accuracy: bool) -> dict[str, Any]:
@@ -409,8 +402,7 @@ def write(
         for shape in ("1", "8", "real"):
             stats = row.get("latency", {}).get(shape)
             cells.append(f"{stats['p50']:.2f} ({stats['p99']:.1f})" if stats else "–")
-        computes = row.get("inference_precision") or ("fp32" if "fp32" in label else "int8")
-        computes = f"int8 + {computes}" if "INT8" in label and computes != "int8" else computes
+        computes = row.get("computes_in") or ("fp32" if "fp32" in label else "int8")  # PyTorch, pipeline
         figures = [_number(row.get("accuracy"), ".4f"), _number(row.get("agreement"), ".4f")]
         figures += [_number(row.get("size_mb"), ".1f"), _number(row.get("peak_rss_mb"), ".0f")]
         lines.append(f"| {label} | {computes} | {' | '.join(cells + figures)} |")

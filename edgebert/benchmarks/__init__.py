@@ -92,7 +92,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
                     "target": subject.device,
                     "model": subject.model,
                     "precision": precision,
-                    "inference_precision": _computed(precision, computed),
+                    "inference_precision": computes_in(precision, computed),
                     "static_shapes": subject.static_shapes,
                     **shape,
                     **quality[label],
@@ -170,7 +170,7 @@ def _runs_on(device: str, name: str, file: str, precision: str | None, models: d
     return device != "cpu" or precision != "fp16"
 
 
-def _computed(precision: str, computed: str | None) -> str:
+def computes_in(precision: str, computed: str | None) -> str:
     """What a model computes in: its own precision on ONNX Runtime; on OpenVINO what the plugin says
     (an INT8 model's unquantized operations run at that precision)."""
     if computed is None:
