@@ -89,3 +89,21 @@ def test_import_edgebert_is_light() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_cpu_sessions_run_without_the_skip_layer_norm_fusion(classify_bundle: Path, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from edgebert.runtime.backends import CPU_DISABLED_OPTIMIZERS
+
+    def fused_ops(disabled: tuple[str, ...]) -> set[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(
+            str(classify_bundle / "model.int8.onnx"), options, disabled_optimizers=list(disabled)
+        )
+        return {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+
+    assert "SkipLayerNormalization" in fused_ops(())  # the name below is the fusion this ONNX Runtime runs
+    assert "SkipLayerNormalization" not in fused_ops(CPU_DISABLED_OPTIMIZERS)
