@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from edgebert.bundle import Bundle
@@ -19,6 +20,9 @@ def test_classify_bundle_records_validation(classify_bundle: Path) -> None:
     assert fp32.validation["against"] == "torch"
     assert 0 <= fp32.validation["max_abs_diff"] <= fp32.validation["tolerance"]
     assert fp32.made_by["opset"] == 17 and fp32.made_by["fusion"] is None
+    assert fp32.made_by["attention"] == "transformers eager"
+    ops = {node.op_type for node in onnx.load(str(classify_bundle / "model.onnx")).graph.node}
+    assert "Sqrt" not in ops  # eager: a constant scale, where SDPA computes it from shapes
     assert int8.validation["against"] == "fp32" and int8.validation["agreement"] >= 0.9
     assert int8.made_by["weights"] == "int8 per-channel"
     assert (classify_bundle / "model.int8.onnx").stat().st_size < 0.5 * (

@@ -4,7 +4,7 @@ A classifier's head (BERT's pooler) and CLS pooling read only the first token of
 output. That layer still needs every token's keys and values, but its queries, attention output,
 feed-forward block and LayerNorms are needed for the first token alone: skipping the rest is exact
 (the exported model is validated against the unmodified torch model) and took the SST-2 MiniLM to
-0.86-0.88x the time at 128 tokens (benchmarks/results/first-token.md).
+0.86-0.88x the time at 128 tokens (benchmarks/results/export-variants.md).
 
 The replacement modules hold the original's submodules in the original hierarchy, so the exported
 graph's node names (``.../layer.5/output/dense/MatMul``) are those of every other layer, which
@@ -14,6 +14,7 @@ the quantizer and NNCF's reports name.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,12 +99,10 @@ class _SelfAttention(torch.nn.Module):
         def split(x: Any) -> Any:
             return x.view(batch, -1, self.heads, self.size).transpose(1, 2)
 
-        if attention_mask is not None:  # [batch, 1, 1 or queries, keys]: the first query's row
-            attention_mask = attention_mask[:, :, :1]
-        context = torch.nn.functional.scaled_dot_product_attention(
-            split(self.query(first)),
-            split(self.key(hidden)),
-            split(self.value(hidden)),
-            attn_mask=attention_mask,
-        )
+        # as BertSelfAttention's eager implementation, the one edgebert exports
+        scores = torch.matmul(split(self.query(first)), split(self.key(hidden)).transpose(-1, -2))
+        scores = scores / math.sqrt(self.size)
+        if attention_mask is not None:  # additive, [batch, 1, 1 or queries, keys]: the first query's row
+            scores = scores + attention_mask[:, :, :1]
+        context = torch.matmul(scores.softmax(-1), split(self.value(hidden)))
         return context.transpose(1, 2).reshape(batch, 1, self.heads * self.size)

@@ -20,6 +20,10 @@ from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# transformers' eager attention exports as MatMul, a constant scale, the mask Add and Softmax; its
+# SDPA default exports the scale computed from shapes and applied to Q and K apart (60 more nodes
+# in MiniLM), which took more time once quantized (benchmarks/results/export-variants.md)
+ATTENTION = "eager"
 FP32_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 log = logging.getLogger("edgebert")
@@ -135,10 +139,8 @@ def _load_torch(checkpoint: Checkpoint, task: str) -> tuple[Any, Any]:
     transformers.logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
-        if task == "classify":
-            model = AutoModelForSequenceClassification.from_pretrained(checkpoint.path)
-        else:
-            model = AutoModel.from_pretrained(checkpoint.path)
+        auto = AutoModelForSequenceClassification if task == "classify" else AutoModel
+        model = auto.from_pretrained(checkpoint.path, attn_implementation=ATTENTION)
     except (OSError, ValueError) as exc:
         raise ModelError(f"transformers could not load '{checkpoint.path}': {exc}") from exc
     if not tokenizer.is_fast:
@@ -221,6 +223,7 @@ def _made_by(config: ExportConfig, fusion: dict[str, int] | None, first_token: b
         "tool": "torch.onnx.export",
         "exporter": "torchscript",
         "opset": config.opset,
+        "attention": f"transformers {ATTENTION}",
         "fusion": fusion,
     }
     if first_token:  # see edgebert.exporter.first_token

@@ -1,9 +1,10 @@
-"""The last layer computed for the first token only, against the whole last layer, side by side: the
-same checkpoint exported both ways, each in fp32 and static INT8 (distill, same calibration texts),
-timed in one interleaved run at batch 1 and 8 (128 tokens) and on real text, with SST-2 dev accuracy.
-Writes benchmarks/results/first-token.md.
+"""edgebert's export against the same checkpoint exported as edgebert did before two of its choices,
+side by side: with the last layer computing every token (not the first token only) and with
+transformers' SDPA attention (not eager). Each export in fp32 and static INT8 (distill, same
+calibration texts), timed in one interleaved run at batch 1 and 8 (128 tokens) and on real text,
+with SST-2 dev accuracy. Writes benchmarks/results/export-variants.md.
 
-    .venv/bin/python benchmarks/first_token.py [--samples 512] [--threads 2]
+    .venv/bin/python benchmarks/export_variants.py [--samples 512] [--threads 2]
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from calibration import subject_parser  # benchmarks/calibration.py
 
 import edgebert.exporter.first_token as first_token
+import edgebert.exporter.onnx_export as onnx_export
 from edgebert.benchmarks import Timing
 from edgebert.benchmarks.latency import Subject, measure_models
 from edgebert.benchmarks.system import system_info
@@ -28,22 +30,41 @@ from edgebert.exporter import ExportConfig, export
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = Timing(warmup=10, min_runs=100, min_seconds=3.0)
+EDGEBERT = "edgebert"
 
 
 @contextlib.contextmanager
 def whole_last_layer() -> Iterator[None]:
-    """Export as edgebert did before: the last layer computes every token."""
+    """The last layer computes every token."""
 
     @contextlib.contextmanager
     def unchanged(*args: Any) -> Iterator[bool]:
         yield False
 
     original = first_token.first_token_only
-    first_token.first_token_only = unchanged  # type: ignore[assignment]
+    first_token.first_token_only = unchanged
     try:
         yield
     finally:
         first_token.first_token_only = original
+
+
+@contextlib.contextmanager
+def sdpa_attention() -> Iterator[None]:
+    """transformers' default attention implementation."""
+    original = onnx_export.ATTENTION
+    onnx_export.ATTENTION = "sdpa"
+    try:
+        yield
+    finally:
+        onnx_export.ATTENTION = original
+
+
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    EDGEBERT: contextlib.nullcontext,
+    "whole last layer": whole_last_layer,
+    "SDPA attention": sdpa_attention,
+}
 
 
 def main() -> None:
@@ -57,11 +78,11 @@ def main() -> None:
     )
     examples = read_examples(args.dev)
     with tempfile.TemporaryDirectory() as tmp:
-        bundles = {"first token only": Path(tmp) / "first"}
-        export(bundles["first token only"], config)
-        with whole_last_layer():
-            bundles["whole last layer"] = Path(tmp) / "whole"
-            export(bundles["whole last layer"], config)
+        bundles = {}
+        for i, (variant, applied) in enumerate(VARIANTS.items()):
+            bundles[variant] = Path(tmp) / str(i)
+            with applied():
+                export(bundles[variant], config)
         subjects = {
             f"{way}, {model}": Subject(path, model, "cpu")
             for way, path in bundles.items()
@@ -81,26 +102,34 @@ def write(args: argparse.Namespace, accuracy: dict[str, float], timed: dict[str,
     system = system_info()
     p50 = {label: [s["latency_ms"]["p50"] for s in result["shapes"]] for label, result in timed.items()}
     lines = [
-        "# The last layer for the first token only",
+        "# edgebert's export against two of its earlier forms",
         "",
         f"Model: `{args.model}`; accuracy on SST-2 dev (872). INT8: static, distill, {args.samples} SST-2 train "
         f"texts (seed 0). Machine: {system['cpu']}, {args.threads} threads. Command: "
-        f"`.venv/bin/python benchmarks/first_token.py --samples {args.samples} --threads {args.threads}` "
+        f"`.venv/bin/python benchmarks/export_variants.py --samples {args.samples} --threads {args.threads}` "
         f"({time.strftime('%Y-%m-%d')}).",
+        "",
+        "Exports: edgebert's (the last layer computes the first token only, the only one the classifier reads; "
+        "transformers' eager attention); the same with the last layer computing every token; the same with "
+        "transformers' default SDPA attention.",
         "",
         "p50 ms, ONNX Runtime CPU, every model in its own process, taking 0.25 s turns in one run (≥100 runs and "
         "≥3 s per row after 10 warm-up runs). b1, b8: synthetic text, 128 tokens; real: 300 SST-2 dev sentences "
-        "one at a time at their own lengths, tokenization included.",
+        "one at a time at their own lengths, tokenization included. The ratios are edgebert's export's time "
+        "over this row's, same model.",
         "",
-        "| export, model | b1 | b8 | real | b1 vs whole | b8 vs whole | real vs whole | dev accuracy |",
+        "| export, model | b1 | b8 | real | edgebert's b1 vs this | b8 | real | dev accuracy |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, times in p50.items():
-        whole = p50[label.replace("first token only", "whole last layer")]
-        ratios = [f"{t / w:.2f}×" for t, w in zip(times, whole, strict=True)]
+        ours = p50[EDGEBERT + label[label.index(",") :]]
+        ratios = [
+            f"{o / t:.2f}×" if not label.startswith(EDGEBERT) else "–"
+            for o, t in zip(ours, times, strict=True)
+        ]
         cells = [f"{t:.2f}" for t in times] + ratios + [f"{accuracy[label]:.4f}"]
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    out = ROOT / "benchmarks" / "results" / "first-token.md"
+    out = ROOT / "benchmarks" / "results" / "export-variants.md"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(out.read_text(encoding="utf-8"))
 
