@@ -58,6 +58,13 @@ def subject_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def publish(name: str, lines: list[str]) -> None:
+    """Write ``lines`` to benchmarks/results/``name`` and print them."""
+    text = "\n".join(lines) + "\n"
+    (ROOT / "benchmarks" / "results" / name).write_text(text, encoding="utf-8")
+    print(text)
+
+
 def main() -> None:
     parser = subject_parser(__doc__.splitlines()[0])
     parser.add_argument("--bert-base", action="store_true", help="A bert-base-shaped model instead.")

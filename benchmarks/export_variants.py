@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from calibration import subject_parser  # benchmarks/calibration.py
+from calibration import publish, subject_parser  # benchmarks/calibration.py
 
 import edgebert.exporter.first_token as first_token
 import edgebert.exporter.onnx_export as onnx_export
@@ -28,7 +28,6 @@ from edgebert.benchmarks.system import system_info
 from edgebert.data import encode_labels, read_examples
 from edgebert.exporter import ExportConfig, export
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMING = Timing(warmup=10, min_runs=100, min_seconds=3.0)
 EDGEBERT = "edgebert"
 
@@ -129,9 +128,7 @@ def write(args: argparse.Namespace, accuracy: dict[str, float], timed: dict[str,
         ]
         cells = [f"{t:.2f}" for t in times] + ratios + [f"{accuracy[label]:.4f}"]
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    out = ROOT / "benchmarks" / "results" / "export-variants.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(out.read_text(encoding="utf-8"))
+    publish("export-variants.md", lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from calibration import subject_parser  # benchmarks/calibration.py
+from calibration import publish, subject_parser  # benchmarks/calibration.py
 
 from edgebert.benchmarks.latency import synthetic_feeds
 from edgebert.benchmarks.system import system_info
@@ -26,7 +26,6 @@ from edgebert.exporter import ExportConfig, export
 from edgebert.runtime import Predictor
 from edgebert.runtime.backends import CPU_DISABLED_OPTIMIZERS
 
-ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, SECONDS_PER_TURN = 20, 0.25
 
 
@@ -118,9 +117,7 @@ def write(args: argparse.Namespace, p50: dict[tuple[str, str], dict[str, float]]
             fused, not_fused = p50[model, "fused"][name], p50[model, "not fused"][name]
             cells += [f"{fused:.2f}", f"{not_fused:.2f}", f"{not_fused / fused:.2f}×"]
         lines.append(f"| {model} | {' | '.join(cells)} |")
-    out = ROOT / "benchmarks" / "results" / "ort-fusion.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(out.read_text(encoding="utf-8"))
+    publish("ort-fusion.md", lines)
 
 
 if __name__ == "__main__":
