@@ -224,8 +224,8 @@ def quality(subjects: dict[str, Subject], dev: str, skip_accuracy: bool) -> dict
     reference = Predictor(reference_bundle, precision="fp32").outputs(examples.texts)[0]
     rows = {}
     for label, subject in subjects.items():
-        outputs = subject.predictor().outputs(examples.texts)[0]
         bundle = Bundle.load(subject.bundle)
+        outputs = subject.predictor(bundle).outputs(examples.texts)[0]
         rows[label] = {
             "accuracy": None if skip_accuracy else float(np.mean(outputs.argmax(-1) == labels)),
             "agreement": fidelity("classify", reference, outputs)["agreement"],

@@ -57,7 +57,6 @@ def test_classifier_last_layer_runs_the_first_token_only(
 ) -> None:
     """The head reads the first token alone, so the exported last layer computes its feed-forward
     block for that token only, and the model still answers as the unmodified torch model does."""
-    import onnx
     import onnxruntime as ort
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

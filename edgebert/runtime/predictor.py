@@ -7,7 +7,7 @@ Batch invariance: a text gets the same answer alone or in a batch. fp32 models a
 length (padding changes nothing: measured 0.0 difference). Dynamic INT8 models compute activation
 ranges over the whole batch, padding included, so a neighbour can move a text's answer (measured on
 SST-2 dev: up to 0.22 in probability, 8 of 872 labels flipped); they run one text per call, which
-on our CPU costs little throughput (batch 1: 252 items/s, batch 8: 280; benchmarks/results/cpu.md).
+on our CPU costs little throughput (batch 1: 324 items/s, batch 8: 353; benchmarks/results/cpu.md).
 """
 
 from __future__ import annotations
