@@ -155,7 +155,7 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
         "Latency: p50 ms at seq 128, every model in its own process, taking 0.25 s turns in one run (≥100 runs and ≥3 s per row "
         "after 10 warm-up runs). Static: ranges fixed by calibration, u8 activations, per-channel s8 weights, weight MatMuls "
         "only; each quantized MatMul and its bias lowered to one MatMulIntegerToFloat, the residual path in float. Kept in "
-        "float: distill returns the fewest FFN-output MatMuls to float that bring argmax agreement with fp32 on the "
+        "float: distill smooths the FFN-output MatMuls' inputs (SmoothQuant, strength chosen by KL) and returns the fewest of them to float that bring argmax agreement with fp32 on the "
         "calibration texts to 0.99; dynamic and the other static methods keep the most sensitive one.",
         "",
         "| model | dev accuracy | agreement with fp32 | b1 p50 | b8 p50 | b1 vs dynamic | b8 vs dynamic | size MB | quantize time s | peak memory MB | kept in float |",
@@ -173,11 +173,16 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
             f"{', '.join(k.split('/')[-4] for k in r['kept_float']) or '–'} |"
         )
     target = distill.get("agreement_target", {"tried": []})
+    smoothing, seconds = distill["smoothing"], distill["search_seconds"]
+    alpha = smoothing["alpha"]
+    smoothed = f"FFN-output MatMul inputs smoothed at alpha {alpha}" if alpha else "not smoothed"
+    by_alpha = ", ".join(f"{alpha} {kl:.5f}" for alpha, kl in smoothing["divergence_by_alpha"].items())
     lines += [
         "",
-        f"distill: teacher–student KL on {distill['search_texts']} calibration texts {distill['divergence_minmax']:.5f} with "
-        f"minmax ranges → {distill['divergence_chosen']:.5f} with the chosen ones ({distill['candidates_tried']} candidate "
-        f"ranges tried; statistics {distill['search_seconds']['statistics']:.0f} s, search {distill['search_seconds']['total']:.0f} s); "
+        f"distill: {smoothed} ({smoothing['matmuls']} MatMuls; teacher–student KL on {distill['search_texts']} calibration texts with minmax ranges by alpha: {by_alpha}); "
+        f"KL {distill['divergence_minmax']:.5f} with minmax ranges and no smoothing → {distill['divergence_chosen']:.5f} "
+        f"with the smoothing and the chosen ranges ({distill['candidates_tried']} candidate ranges tried; smoothing "
+        f"{seconds['smoothing']:.0f} s, statistics {seconds['statistics']:.0f} s, in all {seconds['total']:.0f} s); "
         "agreement with fp32 on the calibration texts by FFN-output MatMuls in float: "
         + ", ".join(f"{t['float']}: {t['figure']:.4f}" for t in target["tried"])
         + ".",

@@ -118,8 +118,9 @@ def quantize(bundle: Path, as_json: bool, **options: Any) -> None:
 @JSON
 @explained
 def calibrate(bundle: Path, as_json: bool, **options: Any) -> None:
-    """Calibrate a static INT8 model for BUNDLE on --calibration-data (distill: each activation range
-    chosen by how closely the INT8 outputs follow fp32's), replacing any INT8 model it has."""
+    """Calibrate a static INT8 model for BUNDLE on --calibration-data (distill: the FFN outputs'
+    inputs smoothed and each activation range chosen by how closely the INT8 outputs follow
+    fp32's), replacing any INT8 model it has."""
     _quantize(bundle, as_json, options)
 
 

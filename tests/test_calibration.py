@@ -140,6 +140,15 @@ def test_distill_calibration(fp32_bundle: Path, sentiment_files: tuple[Path, Pat
     assert made_by["candidates_tried"] > 0 and made_by["search_seconds"]["total"] > 0
     report = json.loads(distilled.file("calibration").read_text())
     assert set(report["chosen"]) == set(report["ranges"]) and report["search_texts"] == 128
+    smoothing = report["smoothing"]
+    by_alpha = smoothing["divergence_by_alpha"]
+    assert set(by_alpha) == {"none", "0.75", "0.85", "0.95"}  # the tiny model has FFN-output MatMuls
+    closest = min(by_alpha, key=by_alpha.__getitem__)
+    assert smoothing["alpha"] == (None if closest == "none" else float(closest))
+    assert made_by["divergence_minmax"] == by_alpha["none"]
+    graph = onnx.load(str(distilled.file("int8"))).graph
+    divisors = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("/smoothed")]
+    assert len(divisors) == smoothing["matmuls"] == (0 if closest == "none" else 2)  # one per layer
     assert set(report["chosen"].values()) <= {"minmax", "percentile", "entropy"}
     assert all(low <= 0 <= high or low <= high for low, high in report["ranges"].values())
     texts = [t for t, _ in sentiment_rows(128, 13)]  # held out from the calibration texts
@@ -156,6 +165,31 @@ def test_distill_calibration(fp32_bundle: Path, sentiment_files: tuple[Path, Pat
     requantized = quantize(distilled.path, QuantizeConfig(keep_float=0))  # dynamic: the ranges file goes
     assert "calibration" not in requantized.manifest.artifacts
     assert not (requantized.path / "calibration.json").exists()
+
+
+def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from edgebert.calibration.smoothing import channel_maxima, smooth, smoothable, smoothings
+
+    bundle = Bundle.load(classify_bundle)
+    fp32 = bundle.file("fp32")
+    predictor = Predictor(bundle, precision="fp32")
+    feeds = [predictor.encode([t])[0] for t, _ in sentiment_rows(32, 5)]
+    inputs = smoothable(fp32)
+    assert len(inputs) == 2 and all("output/dense/MatMul" in name for name in inputs)  # 2 layers
+    (smoothing,) = smoothings(fp32, channel_maxima(fp32, feeds, inputs.values()), [0.95])
+    assert all(f.shape == (128,) and (f > 0).all() for f in smoothing.factors.values())  # intermediate width
+    assert max(float(f.max() / f.min()) for f in smoothing.factors.values()) > 2  # channels differ
+    smoothed = tmp_path / "smoothed.onnx"
+    smooth(fp32, smoothed, smoothing)
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, smoothed)]
+    for feed in feeds:
+        before, after = (s.run(None, feed)[0] for s in sessions)
+        np.testing.assert_allclose(after, before, atol=1e-5)
+    graph = onnx.load(str(smoothed)).graph
+    readers = {n.input[0] for n in graph.node if n.name in inputs}
+    assert readers == {smoothing.tensor(name) for name in inputs.values()}
 
 
 def test_calibrate_command(fp32_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ range is tried by rewriting that QuantizeLinear's scale and zero point in place,
 whose INT8 outputs diverge least from the teacher's (KL of the logits, or cosine distance of the
 embeddings) on the calibration texts is kept. BERT's outlier activations (the FFN input after GELU,
 LayerNorm outputs with a few huge channels) get a clipped range when clipping helps and the full
-one when it does not.
+one when it does not. Before the ranges, the FFN-output MatMuls' inputs are smoothed
+(``edgebert.calibration.smoothing``) with the strength that brings the INT8 model (minmax ranges)
+closest to the teacher, or not at all when none does.
 """
 
 from __future__ import annotations
@@ -14,43 +16,59 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgebert.calibration import STATIC_METHODS, bounds, collect_ranges, quantize_static
+from edgebert.calibration.smoothing import Smoothing, channel_maxima, smooth, smoothable, smoothings
 from edgebert.fidelity import divergence
 from edgebert.runtime import Predictor
 
+ALPHAS = (0.75, 0.85, 0.95)  # smoothing strengths tried; NNCF smooths transformer MatMuls at 0.95
 log = logging.getLogger("edgebert")
 
 
 def distill_ranges(
-    fp32: Path, teacher: Predictor, texts: list[Any], reference: np.ndarray, *, search_texts: int = 256
-) -> tuple[Any, dict[str, Any]]:
-    """Per-tensor ranges chosen by teacher-student divergence, and a report of the search."""
+    fp32: Path,
+    teacher: Predictor,
+    texts: list[Any],
+    reference: np.ndarray,
+    *,
+    smoothed: Path,
+    search_texts: int = 256,
+) -> tuple[Any, Path, dict[str, Any]]:
+    """Per-tensor ranges chosen by teacher-student divergence, the model they are for (``fp32``, or
+    ``smoothed`` written with the smoothing chosen) and a report of the search."""
     from onnxruntime.quantization import CalibrationMethod, TensorData, TensorsData
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    feeds = [teacher.encode([t])[0] for t in texts]  # tokenized once for the three methods
-    candidates = collect_ranges(fp32, feeds, STATIC_METHODS)
-    limits = {method: bounds(ranges) for method, ranges in candidates.items()}
-    collected = time.perf_counter() - started
+    feeds = [teacher.encode([t])[0] for t in texts]  # tokenized once for every pass
     subset = texts[:search_texts]
     expected = reference[: len(subset)]
+
+    def score(model: Any) -> float:
+        student = teacher.with_model(model)
+        return divergence(teacher.task, expected, student.outputs(subset)[0])
+
     with tempfile.TemporaryDirectory(prefix=".search-", dir=fp32.parent) as tmp:
+        smoothing, by_alpha = _choose_smoothing(fp32, feeds, Path(tmp), score)
+        smoothing_seconds = time.perf_counter() - started
+        source = fp32
+        if smoothing is not None:
+            smooth(fp32, smoothed, smoothing)
+            source = smoothed
+        candidates = collect_ranges(source, feeds, STATIC_METHODS)
+        limits = {method: bounds(ranges) for method, ranges in candidates.items()}
+        collected = time.perf_counter() - started
         probe = Path(tmp) / "probe.onnx"
-        quantize_static(fp32, probe, candidates["minmax"], keep_float=[])
+        quantize_static(source, probe, candidates["minmax"], keep_float=[])
         model, quantizers = _quantizers(probe, set(limits["minmax"]))
         chosen = {name: "minmax" for name in quantizers}
-
-        def score() -> float:
-            student = teacher.with_model(model.SerializeToString())
-            return divergence(teacher.task, expected, student.outputs(subset)[0])
-
-        before = best = score()
+        before = best = score(model.SerializeToString())
         tried = 0
         for name in tqdm(list(quantizers), desc="calibrating (distill)", unit="tensor", disable=None):
             for method in STATIC_METHODS:
@@ -58,7 +76,7 @@ def distill_ranges(
                     continue
                 _set_range(quantizers[name], limits[method][name])
                 tried += 1
-                value = score()
+                value = score(model.SerializeToString())
                 if value < best:
                     best, chosen[name] = value, method
             _set_range(quantizers[name], limits[chosen[name]][name])
@@ -71,18 +89,46 @@ def distill_ranges(
         },
     )
     report = {
-        "divergence_minmax": before,
+        "divergence_minmax": by_alpha.get("none", before),
         "divergence_chosen": best,
+        "smoothing": {
+            "matmuls": len(smoothing.factors) if smoothing else 0,
+            "alpha": smoothing.alpha if smoothing else None,
+            "divergence_by_alpha": by_alpha,
+        },
         "chosen": chosen,
         "ranges": {n: picked[n] for n in quantizers},
         "candidates_tried": tried,
         "search_texts": len(subset),
         "search_seconds": {
-            "statistics": round(collected, 1),
+            "smoothing": round(smoothing_seconds, 1),
+            "statistics": round(collected - smoothing_seconds, 1),
             "total": round(time.perf_counter() - started, 1),
         },
     }
-    return ranges, report
+    return ranges, source, report
+
+
+def _choose_smoothing(
+    fp32: Path, feeds: list[dict[str, np.ndarray]], tmp: Path, score: Callable[[Any], float]
+) -> tuple[Smoothing | None, dict[str, float]]:
+    """The smoothing of the FFN-output MatMuls whose INT8 model (minmax ranges) is closest to the
+    teacher (None: the unsmoothed one is); and the divergence of each strength tried."""
+    inputs = smoothable(fp32)
+    if not inputs:
+        return None, {}
+    maxima = channel_maxima(fp32, feeds, inputs.values())
+    options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, maxima, ALPHAS)}}
+    smoothed, probe = tmp / "smoothed.onnx", tmp / "probe.onnx"
+    divergences = {}
+    for label, smoothing in options.items():
+        source = fp32
+        if smoothing is not None:
+            smooth(fp32, smoothed, smoothing)
+            source = smoothed
+        quantize_static(source, probe, collect_ranges(source, feeds, ["minmax"])["minmax"], keep_float=[])
+        divergences[label] = score(probe)
+    return options[min(divergences, key=divergences.__getitem__)], divergences
 
 
 def _quantizers(path: Path, calibrated: set[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:

@@ -1,0 +1,140 @@
+"""Activation smoothing of BERT's FFN-output MatMuls (SmoothQuant, Xiao et al. 2023).
+
+The FFN output's input (the GELU output, four times the hidden width) carries BERT's largest
+activation outliers in a few channels (Bondarenko et al. 2021), so one per-tensor INT8 range either
+clips them or leaves the other channels a handful of levels. Smoothing divides each channel by
+``m_c = max|x_c|^alpha / max|W_c|^(1 - alpha)`` (a ``Mul`` before the MatMul) and multiplies the
+weight's row c by the same factor: the fp32 function is unchanged, and the range moves from the
+activation, quantized per tensor, into the weight, quantized per output channel. The ``Mul`` costs
+a pass over the activation; ONNX Runtime has no kernel that folds it into the quantization.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FFN_OUTPUT = re.compile(r"layer\.(\d+)/output/dense/MatMul")
+SUFFIX = "/smoothed"
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """Per-channel divisors of MatMul inputs: {input tensor: factors}, and the alpha they came from."""
+
+    alpha: float
+    factors: dict[str, np.ndarray]
+
+    def tensor(self, name: str) -> str:
+        """The name of ``name`` divided by its factors, the tensor the MatMul quantizes."""
+        return name + SUFFIX
+
+
+def smoothable(model_path: Path) -> dict[str, str]:
+    """The FFN-output MatMuls that can be smoothed: {node name: input tensor} for those whose input
+    and weight (an initializer) are read by that node alone."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    reads: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            reads[name] = reads.get(name, 0) + 1
+    return {
+        node.name: node.input[0]
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and FFN_OUTPUT.search(node.name)
+        and node.input[1] in initializers
+        and reads[node.input[0]] == reads[node.input[1]] == 1
+    }
+
+
+def channel_maxima(
+    model_path: Path, feeds: Iterable[dict[str, np.ndarray]], tensors: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """The largest magnitude of each channel (last axis) of ``tensors`` over ``feeds``, one at a time."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    names = list(tensors)
+    with tempfile.TemporaryDirectory(prefix=".maxima-", dir=model_path.parent) as tmp:
+        model = onnx.load(str(model_path))
+        model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+        save(model, Path(tmp) / "maxima.onnx")
+        del model
+        session = ort.InferenceSession(str(Path(tmp) / "maxima.onnx"), providers=["CPUExecutionProvider"])
+        maxima: dict[str, np.ndarray] = {}
+        for feed in feeds:
+            for name, value in zip(names, session.run(names, feed), strict=True):
+                channels = np.abs(value).reshape(-1, value.shape[-1]).max(0)
+                maxima[name] = np.maximum(maxima[name], channels) if name in maxima else channels
+        return maxima
+
+
+def smoothings(model_path: Path, maxima: dict[str, np.ndarray], alphas: Iterable[float]) -> list[Smoothing]:
+    """The factors for each of ``alphas`` (0: none of a channel's range moved to the weight; 1: all)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    weights = {i.name: i for i in graph.initializer}
+    smoothed = smoothable(model_path)
+    readers = {node.input[0]: node for node in graph.node if node.name in smoothed}
+    rows = {
+        name: np.maximum(np.abs(numpy_helper.to_array(weights[readers[name].input[1]])).max(1), 1e-5)
+        for name in maxima
+    }
+    del graph, weights
+    return [
+        Smoothing(
+            alpha,
+            {
+                name: (np.maximum(channels, 1e-5) ** alpha / rows[name] ** (1 - alpha)).astype(np.float32)
+                for name, channels in maxima.items()
+            },
+        )
+        for alpha in alphas
+    ]
+
+
+def smooth(source: Path, target: Path, smoothing: Smoothing) -> None:
+    """Write ``source`` with ``smoothing`` applied."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        name = node.input[0] if node.op_type == "MatMul" else None
+        if name in smoothing.factors:
+            factor = smoothing.factors[name]
+            weight = weights[node.input[1]]
+            scaled = numpy_helper.to_array(weight) * factor[:, None]
+            weight.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), weight.name))
+            divisor = f"{name}{SUFFIX}/divisor"
+            graph.initializer.append(numpy_helper.from_array((1 / factor).astype(np.float32), divisor))
+            node.input[0] = smoothing.tensor(name)
+            nodes.append(helper.make_node("Mul", [name, divisor], [node.input[0]], name=f"{name}{SUFFIX}"))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    save(model, target)
+
+
+def save(model: Any, path: Path) -> None:
+    """Save ``model`` with its weights in a file beside it (``path`` + ``.data``), written tensor by
+    tensor: no serialized copy of the whole model in memory (417 MB for a bert-base)."""
+    import onnx
+
+    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
