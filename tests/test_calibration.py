@@ -230,3 +230,19 @@ def test_accuracy_budget_keeps_the_fewest_layers_in_float(
     same = ["quantize", str(tmp_path / "loose"), "--calibration", "minmax", "--calibration-data", train_file]
     result = CliRunner().invoke(main, [*same, "--eval-data", train_file])
     assert result.exit_code == 1 and "are the same file" in result.stderr
+
+
+def test_distill_calibration_of_an_embedding_model(
+    embed_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "embed"
+    shutil.copytree(embed_bundle, out)
+    data = str(sentiment_files[0])
+    bundle = quantize(out, QuantizeConfig(method="distill", calibration_data=data, calibration_samples=64))
+    report = json.loads(bundle.file("calibration").read_text())
+    assert set(report["smoothing"]["divergence_by_alpha"]) == {"none", "0.75", "0.85", "0.95"}
+    texts = [t for t, _ in sentiment_rows(64, 17)]
+    fp32 = Predictor(bundle, precision="fp32").outputs(texts)[0]
+    ours = Predictor(bundle, precision="int8").outputs(texts)[0]
+    cosine = np.sum(fp32 * ours, -1) / (np.linalg.norm(fp32, axis=-1) * np.linalg.norm(ours, axis=-1))
+    assert cosine.mean() >= 0.98 and cosine.min() >= 0.9, (cosine.mean(), cosine.min())
