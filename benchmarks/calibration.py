@@ -176,7 +176,7 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     smoothing, seconds = distill["smoothing"], distill["search_seconds"]
     alpha = smoothing["alpha"]
     smoothed = f"FFN-output MatMul inputs smoothed at alpha {alpha}" if alpha else "not smoothed"
-    by_alpha = ", ".join(f"{alpha} {kl:.5f}" for alpha, kl in smoothing["divergence_by_alpha"].items())
+    by_alpha = ", ".join(f"{label} {kl:.5f}" for label, kl in smoothing["divergence_by_alpha"].items())
     lines += [
         "",
         f"distill: {smoothed} ({smoothing['matmuls']} MatMuls; teacher–student KL on {distill['search_texts']} calibration texts with minmax ranges by alpha: {by_alpha}); "

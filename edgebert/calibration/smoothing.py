@@ -81,17 +81,17 @@ def channel_maxima(
 
 
 def smoothings(model_path: Path, maxima: dict[str, np.ndarray], alphas: Iterable[float]) -> list[Smoothing]:
-    """The factors for each of ``alphas`` (0: none of a channel's range moved to the weight; 1: all)."""
+    """The factors for each of ``alphas`` (0: none of a channel's range moved to the weight; 1: all),
+    for the inputs of ``smoothable`` MatMuls in ``maxima``."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(model_path)).graph
     weights = {i.name: i for i in graph.initializer}
-    smoothed = smoothable(model_path)
-    readers = {node.input[0]: node for node in graph.node if node.name in smoothed}
-    rows = {
-        name: np.maximum(np.abs(numpy_helper.to_array(weights[readers[name].input[1]])).max(1), 1e-5)
-        for name in maxima
+    rows = {  # the smoothable MatMuls' inputs (``maxima``'s keys) are each read by that MatMul alone
+        node.input[0]: np.maximum(np.abs(numpy_helper.to_array(weights[node.input[1]])).max(1), 1e-5)
+        for node in graph.node
+        if node.op_type == "MatMul" and node.input[0] in maxima
     }
     del graph, weights
     return [
