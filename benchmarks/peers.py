@@ -2,9 +2,9 @@
 Runtime fp32, Optimum's ONNX export + ORTQuantizer with AutoQuantizationConfig.avx512_vnni (dynamic
 INT8), ONNX Runtime's quantize_dynamic with its defaults, OpenVINO on the ONNX model (its default
 precision) and OpenVINO + NNCF INT8 (nncf.quantize, transformer model type) — and edgebert's bundle
-on each target (ONNX Runtime CPU: static INT8 with distillation-aware calibration; OpenVINO: its IR
-and NNCF INT8 under NNCF's accuracy control with agreement with fp32 as the metric, inputs padded to
-multiples of 32 tokens, a model compiled for each input shape met). The peer recipes start from
+on each target (ONNX Runtime CPU: static INT8 with distillation-aware calibration; OpenVINO: that
+same INT8 model converted, at OpenVINO's default precision and at f32, inputs padded to multiples of
+32 tokens, a model compiled for each input shape met). The peer recipes start from
 Optimum's plain ONNX export; edgebert's bundle from its own, whose last layer computes the first
 token only (edgebert/exporter/first_token.py).
 
@@ -47,6 +47,7 @@ PEERS_PYTHON = ROOT / ".peers-venv" / "bin" / "python"
 TIMING = Timing(warmup=10, min_runs=100, min_seconds=3.0)
 REAL_TEXTS = 300
 STATIC_SHAPES = 16  # edgebert's OpenVINO model: compiled for each of up to 16 input shapes
+GOP_B8 = 23.0  # MiniLM at batch 8 x 128 tokens, giga-operations (issue 5's figure), so TOPS = GOP / ms
 
 
 def main() -> None:
@@ -78,7 +79,9 @@ def main() -> None:
         rows = quality(subjects, args.dev, skip_accuracy=args.bert_base)
         texts = read_examples(args.dev, labeled=False).texts[:REAL_TEXTS]
         shapes: list[Any] = [(1, 128), (8, 128), ("real", tuple(texts))]
+        peaks = [gemm_peak_tops(args.threads)]  # the batch-8 target's yardstick, before and after
         timed = measure_models(subjects, args.threads, shapes, TIMING)
+        peaks.append(gemm_peak_tops(args.threads))
         for label, result in timed.items():
             rows[label]["latency"] = {
                 str(s["batch_size"]) if s["seq_len"] != "real" else "real": s["latency_ms"]
@@ -90,7 +93,32 @@ def main() -> None:
         rows["Optimum pipeline (dynamic INT8)"] = optimum_pipeline(work / "optimum", args.dev, args.threads)
         if args.bert_base:  # random weights: accuracy means nothing
             rows["Optimum pipeline (dynamic INT8)"]["accuracy"] = None
-    write(args, out, rows, build_seconds)
+    write(args, out, rows, build_seconds, peaks)
+
+
+def gemm_peak_tops(threads: int, n: int = 1024, runs: int = 20) -> float:
+    """Tera-operations per second of one large INT8 GEMM (u8 x s8, n x n x n, ONNX Runtime's
+    MatMulInteger) on ``threads`` threads, median of ``runs``: the peak issue 5's batch-8 target is
+    stated against (about 1.65 on this machine's 2 cores when the issue was filed)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+        [weights],
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8)}
+    seconds = _timed(lambda: session.run(None, feeds), warmup=3, runs=runs, min_seconds=0.0)
+    return 2 * n**3 / float(np.median(seconds)) / 1e12
 
 
 def cli(*args: str) -> None:
@@ -111,14 +139,9 @@ def build(
     began = time.perf_counter()
     cli("quantize", str(ours), "--calibration", "distill", *calibrate)
     seconds["edgebert ONNX Runtime INT8 (distill)"] = time.perf_counter() - began
-    # random weights (--bert-base) give near-tied logits, so argmax agreement means little there:
-    # NNCF's own ranges, without the agreement-driven accuracy control
-    openvino = "dynamic" if args.bert_base else "distill"
     began = time.perf_counter()
-    cli("quantize", str(ours), "--target", "openvino", "--calibration", openvino, *calibrate)
-    seconds["edgebert OpenVINO IR + NNCF INT8" + ("" if args.bert_base else " (distill)")] = (
-        time.perf_counter() - began
-    )
+    cli("quantize", str(ours), "--target", "openvino", "--calibration", "distill", *calibrate)
+    seconds["edgebert OpenVINO IR + the distill INT8 model converted"] = time.perf_counter() - began
 
     began = time.perf_counter()
     peers = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peers_optimum.py")]
@@ -155,12 +178,8 @@ def build(
         "OpenVINO fp32 (default precision)": (plain, "fp32", "openvino", None),
         "OpenVINO + NNCF INT8": (nncf, "openvino-int8", "openvino", None),
         "edgebert ONNX Runtime INT8 (distill)": (ours, "int8", "cpu", None),
-        "edgebert OpenVINO INT8" + ("" if args.bert_base else " (distill)"): (
-            ours,
-            "openvino-int8",
-            "openvino",
-            None,
-        ),
+        "edgebert OpenVINO INT8 (distill)": (ours, "openvino-int8", "openvino", None),
+        "edgebert OpenVINO INT8 (distill, f32)": (ours, "openvino-int8", "openvino", "f32"),
     }
     return subjects, seconds
 
@@ -286,11 +305,16 @@ def torch_child(
     return row
 
 
-def _timed(step: Any) -> list[float]:
-    for _ in range(TIMING.warmup):
+def _timed(
+    step: Any,
+    warmup: int = TIMING.warmup,
+    runs: int = TIMING.min_runs,
+    min_seconds: float = TIMING.min_seconds,
+) -> list[float]:
+    for _ in range(warmup):
         step()
     seconds: list[float] = []
-    while len(seconds) < TIMING.min_runs or sum(seconds) < TIMING.min_seconds:
+    while len(seconds) < runs or sum(seconds) < min_seconds:
         began = time.perf_counter()
         step()
         seconds.append(time.perf_counter() - began)
@@ -312,8 +336,11 @@ def optimum_pipeline(out: Path, dev: str, threads: int) -> dict[str, Any]:
     return {"latency": {"real": stats}, "accuracy": result["accuracy"]}
 
 
-def targets(rows: dict[str, dict], bert_base: bool) -> list[str]:
-    """The issue's targets, checked on this run's p50 latencies and accuracies."""
+def targets(rows: dict[str, dict], bert_base: bool, peaks: list[float]) -> list[str]:
+    """The issue's targets, checked on this run's p50 latencies and accuracies. The targets hold for
+    one model: the latency verdicts take edgebert's fastest model among those within 0.3 points of
+    fp32 on SST-2 dev (all of edgebert's models with --bert-base, where accuracy means nothing).
+    Batch 8's yardstick is the INT8 GEMM peak measured in this run (the higher of ``peaks``)."""
 
     def p50(label: str, shape: str) -> float:
         return rows[label]["latency"][shape]["p50"]
@@ -325,6 +352,15 @@ def targets(rows: dict[str, dict], bert_base: bool) -> list[str]:
         return "met" if ok else "**not met**"
 
     ours = [k for k in rows if k.startswith("edgebert")]
+    lines = []
+    if not bert_base:
+        fp32 = rows["ONNX Runtime fp32"]["accuracy"]
+        drops = ", ".join(f"{k} {100 * (fp32 - rows[k]['accuracy']):.2f}" for k in ours)
+        within = [k for k in ours if fp32 - rows[k]["accuracy"] <= 0.003 + 1e-9]
+        lines.append(
+            f"- accuracy, points below fp32 ({fp32:.4f}): {drops} (≤ 0.3: met by {', '.join(within) or 'none'})."
+        )
+        ours = within or ours
     harness = [k for k in rows if not k.startswith("edgebert") and "pipeline" not in k]
     nncf, optimum = p50("OpenVINO + NNCF INT8", "1"), p50("Optimum avx512_vnni dynamic INT8", "1")
     b1, b1_name = fastest(ours, "1")
@@ -332,27 +368,23 @@ def targets(rows: dict[str, dict], bert_base: bool) -> list[str]:
     real, real_name = fastest(ours, "real")
     peer_real, peer_name = fastest(harness, "real")
     pipeline = p50("Optimum pipeline (dynamic INT8)", "real")
-    lines = [
-        f"- batch 1: edgebert's fastest, {b1_name}, {b1:.2f} ms: {b1 / nncf:.2f}× OpenVINO + NNCF INT8 "
+    return [
+        f"- batch 1: edgebert's fastest{'' if bert_base else ' within 0.3 points'}, {b1_name}, {b1:.2f} ms: {b1 / nncf:.2f}× OpenVINO + NNCF INT8 "
         f"(≤ 1.00×: {met(b1 <= nncf)}) and {b1 / optimum:.2f}× Optimum's dynamic INT8 (≤ 0.70×: {met(b1 <= 0.7 * optimum)}).",
         f"- batch 8: {b8_name}, {b8:.2f} ms"
         + (
             "."
             if bert_base
-            else f" (≤ 18.6 ms, 75% of a 1.65 TOPS INT8 GEMM peak for MiniLM's 23 GOP: {met(b8 <= 18.6)})."
+            else f": {GOP_B8 / b8:.2f} TOPS for MiniLM's {GOP_B8:g} GOP, {GOP_B8 / b8 / max(peaks):.0%} of this run's "
+            f"INT8 GEMM peak ({' and '.join(f'{p:.2f}' for p in peaks)} TOPS before and after the models; ≥ 75%, "
+            f"i.e. ≤ {GOP_B8 / (0.75 * max(peaks)):.1f} ms: {met(GOP_B8 / b8 >= 0.75 * max(peaks))}; the issue's "
+            f"≤ 18.6 ms, from 1.65 TOPS: {met(b8 <= 18.6)})."
         ),
         f"- real text: {real_name}, {real:.2f} ms: {real / peer_real:.2f}× the fastest peer measured the same way "
         f"({peer_name}, {peer_real:.2f} ms; ≤ 0.80×: {met(real <= 0.8 * peer_real)}) and {real / pipeline:.2f}× "
         f"Optimum's pipeline ({pipeline:.2f} ms; ≤ 0.50×: {met(real <= 0.5 * pipeline)}).",
+        *lines,
     ]
-    if not bert_base:
-        fp32 = rows["ONNX Runtime fp32"]["accuracy"]
-        drops = ", ".join(f"{k} {100 * (fp32 - rows[k]['accuracy']):.2f}" for k in ours)
-        within = {k for k in ours if fp32 - rows[k]["accuracy"] <= 0.003 + 1e-9}
-        lines.append(
-            f"- accuracy, points below fp32 ({fp32:.4f}): {drops} (≤ 0.3: met by {', '.join(sorted(within)) or 'none'})."
-        )
-    return lines
 
 
 def _number(value: float | None, spec: str) -> str:
@@ -360,7 +392,11 @@ def _number(value: float | None, spec: str) -> str:
 
 
 def write(
-    args: argparse.Namespace, out: Path, rows: dict[str, dict], build_seconds: dict[str, float]
+    args: argparse.Namespace,
+    out: Path,
+    rows: dict[str, dict],
+    build_seconds: dict[str, float],
+    peaks: list[float],
 ) -> None:
     import onnxruntime
     import openvino
@@ -412,7 +448,7 @@ def write(
         "",
         "Against the targets (issue 5), from the table above:",
         "",
-        *targets(rows, args.bert_base),
+        *targets(rows, args.bert_base, peaks),
         "",
     ]
     out.write_text("\n".join(lines))

@@ -62,6 +62,16 @@ class Manifest:
         """This manifest with artifact ``name``'s validation figures recorded."""
         return self.with_artifact(name, dataclasses.replace(self.artifacts[name], validation=validation))
 
+    def descendants(self, name: str) -> list[str]:
+        """The artifacts made from artifact ``name``, directly or through others."""
+        children = [child for child, art in self.artifacts.items() if art.parent == name]
+        return [found for child in children for found in (child, *self.descendants(child))]
+
+    def without(self, names: list[str]) -> Manifest:
+        return dataclasses.replace(
+            self, artifacts={k: v for k, v in self.artifacts.items() if k not in names}
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["labels"] = list(self.labels) if self.labels is not None else None

@@ -66,7 +66,7 @@ def main(quiet: bool) -> None:
     default="none",
     show_default=True,
     help="Also write an INT8 model (per-channel weights; dynamic or static, see --calibration; "
-    "NNCF's with --target openvino) or an fp16 model for GPUs.",
+    "with --target openvino NNCF's, or the distill model converted) or an fp16 model for GPUs.",
 )
 @click.option(
     "--max-length",
@@ -140,7 +140,7 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     default="cpu",
     show_default=True,
     help="Comma-separated targets, measured in one run: cpu (ONNX Runtime CPU), openvino (OpenVINO "
-    "CPU: the IR models, fp32 both at f32 and at OpenVINO's default precision), gpu (ONNX Runtime "
+    "CPU: the IR models, each at f32 and at OpenVINO's default precision), gpu (ONNX Runtime "
     "CUDA: fp32, fp16; needs edgebert[gpu] and an NVIDIA GPU).",
 )
 @click.option(

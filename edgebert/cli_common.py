@@ -62,7 +62,8 @@ TARGET = [
         show_default=True,
         help="onnx: ONNX Runtime INT8 (model.int8.onnx); openvino: the OpenVINO IR (.xml + .bin) of "
         "the validated ONNX model and, with INT8, NNCF's INT8 model calibrated on the same text "
-        "(--calibration distill: NNCF's accuracy control keeps --target-agreement with fp32).",
+        "(--calibration distill: edgebert's distill INT8 model, made first if the bundle has none "
+        "calibrated on that text, converted to OpenVINO).",
     ),
     click.option(
         "--fp16-weights", is_flag=True, help="openvino: store the IR's weights in fp16 (default fp32)."

@@ -13,7 +13,6 @@ accuracy within a budget.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import random
 import shutil
@@ -119,10 +118,10 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     texts, measured_on = calibration_texts(config)
     reference, _ = teacher.outputs(texts)
     teacher.session = None  # its tokenizer is all that is needed from here: free fp32's weights
-    (stage / CALIBRATION_FILE).unlink(missing_ok=True)  # an earlier static model's
-    manifest = dataclasses.replace(
-        manifest, artifacts={k: v for k, v in manifest.artifacts.items() if k != "calibration"}
-    )
+    made_from_int8 = manifest.descendants("int8")  # an earlier model's calibration file, its IR
+    for name in made_from_int8:
+        (stage / manifest.artifacts[name].file).unlink(missing_ok=True)
+    manifest = manifest.without(made_from_int8)
     made_by: dict[str, Any]
     if config.method == "dynamic":
         made_by = {

@@ -125,8 +125,9 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
 
 
 def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], list[str]]:
-    """What runs where: each target's models, OpenVINO's fp32 both at f32 and at its default
-    precision (bf16 on CPUs with AVX-512 BF16), and why a model a target cannot run was left out."""
+    """What runs where: each target's models, OpenVINO's both at f32 and at its default precision
+    (bf16 on CPUs with AVX-512 BF16; for an INT8 model, what its unquantized operations compute in),
+    and why a model a target cannot run was left out."""
     models = bundle.models()
     wanted = config.precisions or tuple(models)
     missing = [p for p in wanted if p not in models and f"openvino-{p}" not in models]
@@ -147,7 +148,7 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
                 else:
                     skipped.append(f"gpu:{name}: {GPU_INT8}")
                 continue
-            if device == "openvino" and art.precision == "fp32":
+            if device == "openvino" and art.precision in ("fp32", "int8"):
                 subjects[f"openvino:{name}@f32"] = Subject(bundle.path, name, device, "f32")
             subjects[f"{device}:{name}"] = Subject(bundle.path, name, device)
             if device == "openvino" and art.precision == "int8" and config.static_shapes:
