@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,12 @@ def main() -> None:
     write(args, rows)
 
 
+def _layer(tensor: str) -> str:
+    """The encoder layer a tensor belongs to ("3"), from its name; the name itself if it has none."""
+    found = re.search(r"layer\.(\d+)/", tensor)
+    return found[1] if found else tensor
+
+
 def bert_base(vocabulary: str, out: Path) -> str:
     """A bert-base-shaped classifier with random weights (seed 0) and ``vocabulary``'s tokenizer."""
     import torch
@@ -177,9 +184,12 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     alpha = smoothing["alpha"]
     smoothed = f"FFN-output MatMul inputs smoothed at alpha {alpha}" if alpha else "not smoothed"
     by_alpha = ", ".join(f"{label} {kl:.5f}" for label, kl in smoothing["divergence_by_alpha"].items())
+    without = ", ".join(f"{_layer(name)} {kl:.5f}" for name, kl in smoothing["divergence_without"].items())
     lines += [
         "",
-        f"distill: {smoothed} ({smoothing['matmuls']} MatMuls; teacher–student KL on {distill['search_texts']} calibration texts with minmax ranges by alpha: {by_alpha}); "
+        f"distill: {smoothed} in layers {', '.join(_layer(n) for n in smoothing['smoothed']) or 'none'} "
+        f"({smoothing['matmuls']} MatMuls; teacher–student KL on {distill['search_texts']} calibration texts with minmax "
+        f"ranges by alpha: {by_alpha}; at the alpha chosen, without each layer's smoothing: {without}); "
         f"KL {distill['divergence_minmax']:.5f} with minmax ranges and no smoothing → {distill['divergence_chosen']:.5f} "
         f"with the smoothing and the chosen ranges ({distill['candidates_tried']} candidate ranges tried; smoothing "
         f"{seconds['smoothing']:.0f} s, statistics {seconds['statistics']:.0f} s, in all {seconds['total']:.0f} s); "

@@ -146,9 +146,14 @@ def test_distill_calibration(fp32_bundle: Path, sentiment_files: tuple[Path, Pat
     closest = min(by_alpha, key=by_alpha.__getitem__)
     assert smoothing["alpha"] == (None if closest == "none" else float(closest))
     assert made_by["divergence_minmax"] == by_alpha["none"]
+    # after the strength, each layer's smoothing was tried without; one stays where it brings the
+    # student closer to the teacher
+    without = smoothing["divergence_without"]
+    assert len(without) == (0 if closest == "none" else 2)  # the tiny model's two layers
+    assert smoothing["divergence"] <= by_alpha[closest] and set(smoothing["smoothed"]) <= set(without)
     graph = onnx.load(str(distilled.file("int8"))).graph
     divisors = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("/smoothed")]
-    assert len(divisors) == smoothing["matmuls"] == (0 if closest == "none" else 2)  # one per layer
+    assert len(divisors) == smoothing["matmuls"] == len(smoothing["smoothed"])
     assert set(report["chosen"].values()) <= {"minmax", "percentile", "entropy"}
     assert all(low <= 0 <= high or low <= high for low, high in report["ranges"].values())
     texts = [t for t, _ in sentiment_rows(128, 13)]  # held out from the calibration texts

@@ -8,7 +8,7 @@ embeddings) on the calibration texts is kept. BERT's outlier activations (the FF
 LayerNorm outputs with a few huge channels) get a clipped range when clipping helps and the full
 one when it does not. Before the ranges, the FFN-output MatMuls' inputs are smoothed
 (``edgebert.calibration.smoothing``) with the strength that brings the INT8 model (minmax ranges)
-closest to the teacher, or not at all when none does.
+closest to the teacher, or not at all when none does, and only where it brings it closer.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from edgebert.fidelity import divergence
 from edgebert.runtime import Predictor
 
 ALPHAS = (0.75, 0.85, 0.95)  # smoothing strengths tried; NNCF smooths transformer MatMuls at 0.95
+# a MatMul's smoothing is dropped when the divergence without it stays within this share of the
+# divergence with all of them: closer than the spread of the estimate on a few hundred texts
+SMOOTHING_TOLERANCE = 0.02
 log = logging.getLogger("edgebert")
 
 
@@ -55,7 +58,7 @@ def distill_ranges(
         return divergence(teacher.task, expected, student.outputs(subset)[0])
 
     with tempfile.TemporaryDirectory(prefix=".search-", dir=fp32.parent) as tmp:
-        smoothing, by_alpha = _choose_smoothing(fp32, feeds, Path(tmp), score)
+        smoothing, tried_smoothing = _choose_smoothing(fp32, feeds, Path(tmp), score)
         smoothing_seconds = time.perf_counter() - started
         source = fp32
         if smoothing is not None:
@@ -89,12 +92,13 @@ def distill_ranges(
         },
     )
     report = {
-        "divergence_minmax": by_alpha.get("none", before),
+        "divergence_minmax": tried_smoothing.get("divergence_by_alpha", {}).get("none", before),
         "divergence_chosen": best,
         "smoothing": {
             "matmuls": len(smoothing.factors) if smoothing else 0,
             "alpha": smoothing.alpha if smoothing else None,
-            "divergence_by_alpha": by_alpha,
+            "smoothed": sorted(smoothing.factors) if smoothing else [],
+            **tried_smoothing,
         },
         "chosen": chosen,
         "ranges": {n: picked[n] for n in quantizers},
@@ -111,24 +115,39 @@ def distill_ranges(
 
 def _choose_smoothing(
     fp32: Path, feeds: list[dict[str, np.ndarray]], tmp: Path, score: Callable[[Any], float]
-) -> tuple[Smoothing | None, dict[str, float]]:
+) -> tuple[Smoothing | None, dict[str, Any]]:
     """The smoothing of the FFN-output MatMuls whose INT8 model (minmax ranges) is closest to the
-    teacher (None: the unsmoothed one is); and the divergence of each strength tried."""
+    teacher (None: the unsmoothed one is), and what was tried. The strength is chosen first; then,
+    one MatMul at a time, a smoothing is dropped where the student stays as close to the teacher
+    without it (``SMOOTHING_TOLERANCE``), so that no ``Mul`` is paid for where it does not help."""
     inputs = smoothable(fp32)
     if not inputs:
         return None, {}
     maxima = channel_maxima(fp32, feeds, inputs.values())
     options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, maxima, ALPHAS)}}
     smoothed, probe = tmp / "smoothed.onnx", tmp / "probe.onnx"
-    divergences = {}
-    for label, smoothing in options.items():
+
+    def divergence_with(smoothing: Smoothing | None) -> float:
         source = fp32
         if smoothing is not None:
             smooth(fp32, smoothed, smoothing)
             source = smoothed
         quantize_static(source, probe, collect_ranges(source, feeds, ["minmax"])["minmax"], keep_float=[])
-        divergences[label] = score(probe)
-    return options[min(divergences, key=divergences.__getitem__)], divergences
+        return score(probe)
+
+    by_alpha = {label: divergence_with(smoothing) for label, smoothing in options.items()}
+    label = min(by_alpha, key=by_alpha.__getitem__)
+    chosen, best = options[label], by_alpha[label]
+    tried: dict[str, Any] = {"divergence_by_alpha": by_alpha, "divergence_without": {}}
+    if chosen is None:
+        return None, {**tried, "divergence": best}
+    bound = best * (1 + SMOOTHING_TOLERANCE)
+    for name in sorted(chosen.factors):
+        fewer = Smoothing(chosen.alpha, {k: v for k, v in chosen.factors.items() if k != name})
+        tried["divergence_without"][name] = value = divergence_with(fewer)
+        if value <= bound:
+            chosen, best = fewer, value
+    return (chosen if chosen.factors else None), {**tried, "divergence": best}
 
 
 def _quantizers(path: Path, calibrated: set[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:
