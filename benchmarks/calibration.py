@@ -162,7 +162,7 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
         "Latency: p50 ms at seq 128, every model in its own process, taking 0.25 s turns in one run (≥100 runs and ≥3 s per row "
         "after 10 warm-up runs). Static: ranges fixed by calibration, u8 activations, per-channel s8 weights, weight MatMuls "
         "only; each quantized MatMul and its bias lowered to one MatMulIntegerToFloat, the residual path in float. Kept in "
-        "float: distill smooths the FFN-output MatMuls' inputs (SmoothQuant, strength chosen by KL) and returns the fewest of them to float that bring argmax agreement with fp32 on the "
+        "float: distill smooths the FFN-output MatMuls' inputs (SmoothQuant, strength and layers chosen by KL) and returns the fewest of them to float that bring argmax agreement with fp32 on the "
         "calibration texts to 0.99; dynamic and the other static methods keep the most sensitive one.",
         "",
         "| model | dev accuracy | agreement with fp32 | b1 p50 | b8 p50 | b1 vs dynamic | b8 vs dynamic | size MB | quantize time s | peak memory MB | kept in float |",

@@ -92,8 +92,8 @@ def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable
             show_default=True,
             help="dynamic: activation ranges computed at run time; minmax/percentile/entropy: static "
             "QDQ INT8 with ranges measured on --calibration-data; distill: static, the FFN outputs' "
-            "inputs smoothed (SmoothQuant) and each range chosen from those three by how closely "
-            "the INT8 outputs follow fp32's.",
+            "inputs smoothed (SmoothQuant, in the layers where it helps) and each range chosen from "
+            "those three by how closely the INT8 outputs follow fp32's.",
         ),
         CALIBRATION_DATA,
         click.option(

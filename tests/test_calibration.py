@@ -175,7 +175,14 @@ def test_distill_calibration(fp32_bundle: Path, sentiment_files: tuple[Path, Pat
 def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from edgebert.calibration.smoothing import channel_maxima, smooth, smoothable, smoothings
+    from edgebert.calibration import bounds, collect_ranges
+    from edgebert.calibration.smoothing import (
+        channel_ranges,
+        smooth,
+        smoothable,
+        smoothed_bounds,
+        smoothings,
+    )
 
     bundle = Bundle.load(classify_bundle)
     fp32 = bundle.file("fp32")
@@ -183,7 +190,8 @@ def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path
     feeds = [predictor.encode([t])[0] for t, _ in sentiment_rows(32, 5)]
     inputs = smoothable(fp32)
     assert len(inputs) == 2 and all("output/dense/MatMul" in name for name in inputs)  # 2 layers
-    (smoothing,) = smoothings(fp32, channel_maxima(fp32, feeds, inputs.values()), [0.95])
+    channels = channel_ranges(fp32, feeds, inputs.values())
+    (smoothing,) = smoothings(fp32, channels, [0.95])
     assert all(f.shape == (128,) and (f > 0).all() for f in smoothing.factors.values())  # intermediate width
     assert max(float(f.max() / f.min()) for f in smoothing.factors.values()) > 2  # channels differ
     smoothed = tmp_path / "smoothed.onnx"
@@ -195,6 +203,12 @@ def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path
     graph = onnx.load(str(smoothed)).graph
     readers = {n.input[0] for n in graph.node if n.name in inputs}
     assert readers == {smoothing.tensor(name) for name in inputs.values()}
+    # the smoothed model's ranges follow from the unsmoothed model's, without a pass over the data
+    derived = smoothed_bounds(smoothing, bounds(collect_ranges(fp32, feeds, ["minmax"])["minmax"]), channels)
+    measured = bounds(collect_ranges(smoothed, feeds, ["minmax"])["minmax"])
+    assert set(derived) == set(measured) and readers <= set(measured)
+    for name, value in measured.items():
+        np.testing.assert_allclose(derived[name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_calibrate_command(fp32_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:

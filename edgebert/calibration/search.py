@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from edgebert.calibration import STATIC_METHODS, bounds, collect_ranges, quantize_static
-from edgebert.calibration.smoothing import Smoothing, channel_maxima, smooth, smoothable, smoothings
+from edgebert.calibration.smoothing import (
+    Smoothing,
+    channel_ranges,
+    smooth,
+    smoothable,
+    smoothed_bounds,
+    smoothings,
+)
 from edgebert.fidelity import divergence
 from edgebert.runtime import Predictor
 
@@ -45,7 +52,6 @@ def distill_ranges(
 ) -> tuple[Any, Path, dict[str, Any]]:
     """Per-tensor ranges chosen by teacher-student divergence, the model they are for (``fp32``, or
     ``smoothed`` written with the smoothing chosen) and a report of the search."""
-    from onnxruntime.quantization import CalibrationMethod, TensorData, TensorsData
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -84,13 +90,7 @@ def distill_ranges(
                     best, chosen[name] = value, method
             _set_range(quantizers[name], limits[chosen[name]][name])
     picked = {name: limits[chosen.get(name, "minmax")][name] for name in limits["minmax"]}
-    ranges = TensorsData(
-        CalibrationMethod.MinMax,
-        {
-            n: TensorData(lowest=np.float32(low), highest=np.float32(high))
-            for n, (low, high) in picked.items()
-        },
-    )
+    ranges = _minmax(picked)
     report = {
         "divergence_minmax": tried_smoothing.get("divergence_by_alpha", {}).get("none", before),
         "divergence_chosen": best,
@@ -123,8 +123,9 @@ def _choose_smoothing(
     inputs = smoothable(fp32)
     if not inputs:
         return None, {}
-    maxima = channel_maxima(fp32, feeds, inputs.values())
-    options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, maxima, ALPHAS)}}
+    channels = channel_ranges(fp32, feeds, inputs.values())
+    unsmoothed = bounds(collect_ranges(fp32, feeds, ["minmax"])["minmax"])
+    options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, channels, ALPHAS)}}
     smoothed, probe = tmp / "smoothed.onnx", tmp / "probe.onnx"
 
     def divergence_with(smoothing: Smoothing | None) -> float:
@@ -132,7 +133,8 @@ def _choose_smoothing(
         if smoothing is not None:
             smooth(fp32, smoothed, smoothing)
             source = smoothed
-        quantize_static(source, probe, collect_ranges(source, feeds, ["minmax"])["minmax"], keep_float=[])
+        ranges = _minmax(smoothed_bounds(smoothing, unsmoothed, channels))
+        quantize_static(source, probe, ranges, keep_float=[])
         return score(probe)
 
     by_alpha = {label: divergence_with(smoothing) for label, smoothing in options.items()}
@@ -148,6 +150,19 @@ def _choose_smoothing(
         if value <= bound:
             chosen, best = fewer, value
     return (chosen if chosen.factors else None), {**tried, "divergence": best}
+
+
+def _minmax(picked: dict[str, list[float]]) -> Any:
+    """``picked`` ({tensor: [low, high]}) as the ranges ``quantize_static`` takes."""
+    from onnxruntime.quantization import CalibrationMethod, TensorData, TensorsData
+
+    return TensorsData(
+        CalibrationMethod.MinMax,
+        {
+            n: TensorData(lowest=np.float32(low), highest=np.float32(high))
+            for n, (low, high) in picked.items()
+        },
+    )
 
 
 def _quantizers(path: Path, calibrated: set[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:

@@ -57,49 +57,74 @@ def smoothable(model_path: Path) -> dict[str, str]:
     }
 
 
-def channel_maxima(
+def channel_ranges(
     model_path: Path, feeds: Iterable[dict[str, np.ndarray]], tensors: Iterable[str]
-) -> dict[str, np.ndarray]:
-    """The largest magnitude of each channel (last axis) of ``tensors`` over ``feeds``, one at a time."""
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The smallest and largest value of each channel (last axis) of ``tensors`` over ``feeds``,
+    one feed at a time."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
     names = list(tensors)
-    with tempfile.TemporaryDirectory(prefix=".maxima-", dir=model_path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".channels-", dir=model_path.parent) as tmp:
         model = onnx.load(str(model_path))
         model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
-        save(model, Path(tmp) / "maxima.onnx")
+        save(model, Path(tmp) / "channels.onnx")
         del model
-        session = ort.InferenceSession(str(Path(tmp) / "maxima.onnx"), providers=["CPUExecutionProvider"])
-        maxima: dict[str, np.ndarray] = {}
+        session = ort.InferenceSession(str(Path(tmp) / "channels.onnx"), providers=["CPUExecutionProvider"])
+        ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for feed in feeds:
             for name, value in zip(names, session.run(names, feed), strict=True):
-                channels = np.abs(value).reshape(-1, value.shape[-1]).max(0)
-                maxima[name] = np.maximum(maxima[name], channels) if name in maxima else channels
-        return maxima
+                rows = value.reshape(-1, value.shape[-1])
+                low, high = rows.min(0), rows.max(0)
+                if name in ranges:
+                    low, high = np.minimum(ranges[name][0], low), np.maximum(ranges[name][1], high)
+                ranges[name] = (low, high)
+        return ranges
 
 
-def smoothings(model_path: Path, maxima: dict[str, np.ndarray], alphas: Iterable[float]) -> list[Smoothing]:
+def smoothed_bounds(
+    smoothing: Smoothing | None,
+    bounds: dict[str, list[float]],
+    channels: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, list[float]]:
+    """The minmax ranges of the model ``smoothing`` makes, from the unsmoothed model's (``bounds``)
+    and the per-channel ranges of the inputs it smooths (``channel_ranges``): it changes no other
+    tensor, and divides each channel of those inputs by a positive factor. No pass over the data."""
+    smoothed = dict(bounds)
+    if smoothing is None:
+        return smoothed
+    for name, factor in smoothing.factors.items():
+        low, high = channels[name]
+        del smoothed[name]  # now read by the smoothing's Mul, not by a MatMul
+        smoothed[smoothing.tensor(name)] = [float((low / factor).min()), float((high / factor).max())]
+    return smoothed
+
+
+def smoothings(
+    model_path: Path, channels: dict[str, tuple[np.ndarray, np.ndarray]], alphas: Iterable[float]
+) -> list[Smoothing]:
     """The factors for each of ``alphas`` (0: none of a channel's range moved to the weight; 1: all),
-    for the inputs of ``smoothable`` MatMuls in ``maxima``."""
+    for the inputs of ``smoothable`` MatMuls in ``channels`` (their ``channel_ranges``)."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(model_path)).graph
     weights = {i.name: i for i in graph.initializer}
-    rows = {  # the smoothable MatMuls' inputs (``maxima``'s keys) are each read by that MatMul alone
+    rows = {  # the smoothable MatMuls' inputs (``channels``' keys) are each read by that MatMul alone
         node.input[0]: np.maximum(np.abs(numpy_helper.to_array(weights[node.input[1]])).max(1), 1e-5)
         for node in graph.node
-        if node.op_type == "MatMul" and node.input[0] in maxima
+        if node.op_type == "MatMul" and node.input[0] in channels
     }
     del graph, weights
+    maxima = {name: np.maximum(np.maximum(-low, high), 1e-5) for name, (low, high) in channels.items()}
     return [
         Smoothing(
             alpha,
             {
-                name: (np.maximum(channels, 1e-5) ** alpha / rows[name] ** (1 - alpha)).astype(np.float32)
-                for name, channels in maxima.items()
+                name: (top**alpha / rows[name] ** (1 - alpha)).astype(np.float32)
+                for name, top in maxima.items()
             },
         )
         for alpha in alphas
