@@ -68,6 +68,7 @@ class Manifest:
         return [found for child in children for found in (child, *self.descendants(child))]
 
     def without(self, names: list[str]) -> Manifest:
+        """This manifest without artifacts ``names``."""
         return dataclasses.replace(
             self, artifacts={k: v for k, v in self.artifacts.items() if k not in names}
         )
