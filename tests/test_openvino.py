@@ -111,7 +111,7 @@ def test_distill_converts_the_distill_int8_model(
     assert ir["parent"] == "int8" and ir["made_by"]["tool"].startswith("openvino.convert_model")
     assert ir["validation"]["against"] == "int8" and ir["validation"]["agreement"] >= 0.9
     ops = [op.get_type_name() for op in ov.Core().read_model(str(out / ir["file"])).get_ordered_ops()]
-    assert ops.count("FakeQuantize") >= 2 * 6  # two layers' MatMul inputs at least, quantized
+    assert ops.count("FakeQuantize") >= 2 * 6  # the weights of two layers' six MatMuls, at least
     texts = [line.split("\t")[0] for line in sentiment_files[1].read_text().splitlines()[1:]]
     onnx_runtime = Predictor(out, precision="int8").outputs(texts)[0]
     at_f32 = Predictor(out, backend="openvino", inference_precision="f32").outputs(texts)[0]
