@@ -6,7 +6,9 @@ clips them or leaves the other channels a handful of levels. Smoothing divides e
 ``m_c = max|x_c|^alpha / max|W_c|^(1 - alpha)`` (a ``Mul`` before the MatMul) and multiplies the
 weight's row c by the same factor: the fp32 function is unchanged, and the range moves from the
 activation, quantized per tensor, into the weight, quantized per output channel. The ``Mul`` costs
-a pass over the activation; ONNX Runtime has no kernel that folds it into the quantization.
+a pass over the activation (about 40 µs per layer at 1 × 128 tokens for MiniLM). A per-channel
+``QuantizeLinear`` would fold it into the quantization, but ONNX Runtime 1.32's per-axis kernel took
+5.0 ms on that activation, against 51 µs for the ``Mul`` and a per-tensor ``QuantizeLinear``.
 """
 
 from __future__ import annotations
