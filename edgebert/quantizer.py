@@ -7,7 +7,8 @@ FFN-output MatMuls are ranked by how much their quantization moves the outputs (
 calibration texts). Distillation-aware calibration returns the fewest of the most sensitive to
 float that bring the INT8 model's agreement with fp32 on those texts to a target; the other methods
 keep the most sensitive one; given a labeled held-out file, every method keeps the fewest that hold
-accuracy within a budget.
+accuracy within a budget. A static model also gets its graph with the attention fused, which the
+Predictor runs for small calls (``edgebert.calibration.attention``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from edgebert.calibration import (
     quiet_root_logger,
     weight_matmuls,
 )
+from edgebert.calibration.attention import fuse_attention, up_to_tokens
 from edgebert.calibration.search import distill_ranges
 from edgebert.calibration.smoothing import FFN_OUTPUT
 from edgebert.data import encode_labels, read_examples
@@ -45,6 +47,7 @@ from edgebert.runtime.predictor import batch_size_for
 from edgebert.samples import SENTENCES
 
 INT8_FILE = "model.int8.onnx"
+FUSED_FILE = "model.int8-fused.onnx"  # the same model, its attention fused: for small calls
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("dynamic", *STATIC_METHODS, "distill")
 log = logging.getLogger("edgebert")
@@ -170,7 +173,34 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     if (stage / CALIBRATION_FILE).is_file():
         calibration = artifact(stage, CALIBRATION_FILE, parent="int8", made_by={"method": config.method})
         manifest = manifest.with_artifact("calibration", calibration)
-    return validated(stage, manifest, "int8", config)
+    manifest = validated(stage, manifest, "int8", config)
+    return manifest if config.method == "dynamic" else _with_fused_attention(stage, manifest)
+
+
+def _with_fused_attention(stage: Path, manifest: Manifest, tolerance: float = 1e-4) -> Manifest:
+    """Add the static INT8 model's graph with each self-attention one ``QAttention``, which the
+    Predictor runs for small calls (``edgebert.calibration.attention``), checked to give the same
+    outputs on the built-in sentences; ``manifest`` as it is when there is no attention to fuse."""
+    count, hidden = fuse_attention(stage / INT8_FILE, stage / FUSED_FILE)
+    if not count:
+        return manifest
+    unfused = Predictor(Bundle(stage, manifest), precision="int8")
+    parent, _ = unfused.outputs(SENTENCES, batch_size=8)  # padded batches: the mask is exercised
+    child, _ = unfused.with_model(stage / FUSED_FILE).outputs(SENTENCES, batch_size=8)
+    worst = float(np.abs(parent - child).max())
+    if worst > tolerance * max(1.0, float(np.abs(parent).max())):
+        raise ValidationError(
+            f"the INT8 model with fused attention differs from the INT8 model by up to {worst:.2e} "
+            f"(tolerance {tolerance:.0e}): report this model"
+        )
+    made_by = {
+        "tool": "edgebert.calibration.attention",
+        "fused": f"{count} self-attentions, each one QAttention",
+        "up_to_tokens": up_to_tokens(hidden),
+    }
+    fused = artifact(stage, FUSED_FILE, kind="graph", precision="int8", parent="int8", made_by=made_by)
+    validation = {"against": "int8", "max_abs_diff": worst, "tolerance": tolerance, "sentences": "built-in"}
+    return manifest.with_artifact("int8-fused", fused).with_validation("int8-fused", validation)
 
 
 def _large_blocks_back_to_the_os() -> None:

@@ -20,6 +20,7 @@ from edgebert.bundle import Bundle
 from edgebert.cli import main
 from edgebert.quantizer import QuantizeConfig, quantize
 from edgebert.runtime import Predictor
+from edgebert.samples import SENTENCES
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,37 @@ def test_static_methods_follow_fp32(
     readers = [n for n in graph.node if set(n.input) & quantized]
     assert {n.op_type for n in readers} == {"MatMulIntegerToFloat"}  # residuals and LayerNorms: float
     assert all(len(n.input) == 7 for n in readers)  # each with its bias folded in
+
+
+def test_fused_attention_runs_small_calls(
+    fp32_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from edgebert.runtime.backends import ByTokens
+
+    bundle = _calibrated(fp32_bundle, tmp_path, "minmax", sentiment_files[0], samples=64)
+    fused = bundle.manifest.artifacts["int8-fused"]
+    assert fused.kind == "graph" and fused.parent == "int8" and fused.validation["max_abs_diff"] < 1e-4
+    ops = [n.op_type for n in onnx.load(str(bundle.file("int8-fused"))).graph.node]
+    # the first layer's self-attention (the last layer's computes the first token only)
+    assert ops.count("QAttention") == 1 and "Softmax" in ops
+    assert "int8-fused" not in bundle.models()  # not a model of its own: bench times it within int8
+    predictor = Predictor(bundle, precision="int8")
+    assert isinstance(predictor.session, ByTokens)
+    unfused = predictor.with_model(bundle.file("int8"))
+    texts = list(SENTENCES)
+    for start in range(0, len(texts), 4):  # texts of different lengths: the padding is masked
+        feeds, _ = predictor.encode(texts[start : start + 4])
+        assert feeds["attention_mask"].min() == 0
+        assert predictor.session.choose(feeds) is predictor.session.small
+        ours, theirs = (p.session.run(None, feeds)[0] for p in (predictor, unfused))
+        assert np.abs(ours - theirs).max() < 1e-5
+    limit = fused.made_by["up_to_tokens"]
+    assert limit == 512 * 384**2 // 64**2  # MiniLM's 512 tokens, at the same work for hidden 64
+    assert predictor.session.choose({"input_ids": np.zeros((1, limit + 1))}) is predictor.session.large
+    # a dynamic INT8 model replacing it takes its fused graph with it
+    quantize(bundle.path, QuantizeConfig(method="dynamic"))
+    assert "int8-fused" not in Bundle.load(bundle.path).manifest.artifacts
+    assert not (bundle.path / fused.file).exists()
 
 
 def test_static_calibration_is_deterministic(

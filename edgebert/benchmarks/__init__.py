@@ -180,9 +180,10 @@ def computes_in(precision: str, computed: str | None) -> str:
 
 
 def model_size_mb(bundle: Bundle, name: str) -> float:
-    """A model's size on disk: its file and its weights file (an OpenVINO IR's .bin), if any."""
+    """A model's size on disk: its file, its weights file (an OpenVINO IR's .bin) and its other
+    graph (a static INT8 model's fused attention), if any."""
     parts = [name] + [
-        n for n, a in bundle.manifest.artifacts.items() if a.kind == "weights" and a.parent == name
+        n for n, a in bundle.manifest.artifacts.items() if a.kind in ("weights", "graph") and a.parent == name
     ]
     return sum(bundle.file(part).stat().st_size for part in parts) / 2**20
 

@@ -94,6 +94,25 @@ def _open_ort(
     return open_ort
 
 
+class ByTokens:
+    """Two ONNX Runtime sessions of one model behind the two calls the Predictor makes of one
+    (``get_inputs`` and ``run``): calls of at most ``up_to_tokens`` tokens (batch × sequence) run on
+    ``small``, larger ones on ``large``. A static INT8 bundle's fused-attention graph is faster for
+    small calls only (``edgebert.calibration.attention``)."""
+
+    def __init__(self, small: Any, large: Any, up_to_tokens: int) -> None:
+        self.small, self.large, self.up_to_tokens = small, large, up_to_tokens
+
+    def get_inputs(self) -> Any:
+        return self.large.get_inputs()
+
+    def choose(self, feeds: dict[str, np.ndarray]) -> Any:
+        return self.small if feeds["input_ids"].size <= self.up_to_tokens else self.large
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> Any:
+        return self.choose(feeds).run(output_names, feeds)
+
+
 class OpenVINOSession:
     """An OpenVINO model behind the two calls the Predictor makes of an ONNX Runtime session
     (``get_inputs`` and ``run``). One infer request per thread and compiled model, so that ``run`` is

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgebert.bundle import Bundle, BundleError
 from edgebert.errors import InputError, TextTypeError
-from edgebert.runtime.backends import BACKENDS, open_session, require_backend
+from edgebert.runtime.backends import BACKENDS, ByTokens, open_session, require_backend
 
 Text = str | tuple[str, str]
 
@@ -69,6 +69,8 @@ class Predictor:
     ``pad_to_multiple_of``: pad inputs to a multiple of this many tokens (default: the backend's, see
     ``Backend``; 1 pads only to the longest text of a batch). ``static_shapes`` (OpenVINO): compile
     a model for each of the last that many input shapes (faster, more memory: ``OpenVINOSession``).
+    On ONNX Runtime CPU a model with another graph in the bundle (a static INT8 model's fused
+    attention) runs each call on the graph that is faster at its size (``ByTokens``).
     """
 
     def __init__(
@@ -96,6 +98,11 @@ class Predictor:
             inference_precision=inference_precision,
             static_shapes=static_shapes,
         )
+        graph = self.bundle.graph_for(self.precision)  # the same model as another graph, for small calls
+        if graph is not None and self.backend == "cpu":
+            small = open_session(self.bundle.file(graph), "cpu", threads=threads)
+            up_to = self.bundle.manifest.artifacts[graph].made_by["up_to_tokens"]
+            self.session = ByTokens(small, self.session, up_to)
         self.input_names = {i.name for i in self.session.get_inputs()}
         made_by = self.bundle.manifest.artifacts[self.precision].made_by
         self.batch_size = batch_size_for(made_by.get("method"))
