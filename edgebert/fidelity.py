@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgebert.errors import ValidationError
 from edgebert.runtime.predictor import softmax
 
 
@@ -42,3 +43,14 @@ def divergence(task: str, parent: np.ndarray, child: np.ndarray) -> float:
         p_parent, p_child = softmax(parent), softmax(child)
         return float(np.sum(p_parent * (np.log(p_parent + 1e-12) - np.log(p_child + 1e-12)), -1).mean())
     return 1.0 - fidelity(task, parent, child)["agreement"]
+
+
+def close_outputs(parent: np.ndarray, child: np.ndarray, tolerance: float, differs: str) -> float:
+    """The largest absolute difference of ``child`` from ``parent``; a ``ValidationError`` saying
+    ``differs`` (what differs from what) when it exceeds ``tolerance`` of the outputs' scale."""
+    worst = float(np.abs(parent - child).max())
+    if worst > tolerance * max(1.0, float(np.abs(parent).max())):
+        raise ValidationError(
+            f"{differs} by up to {worst:.2e} (tolerance {tolerance:.0e}): report this model"
+        )
+    return worst

@@ -41,7 +41,7 @@ from edgebert.calibration.search import distill_ranges
 from edgebert.calibration.smoothing import FFN_OUTPUT
 from edgebert.data import encode_labels, read_examples
 from edgebert.errors import DataError, EdgebertError, ValidationError, require
-from edgebert.fidelity import divergence, fidelity
+from edgebert.fidelity import close_outputs, divergence, fidelity
 from edgebert.runtime import Predictor
 from edgebert.runtime.predictor import batch_size_for
 from edgebert.samples import SENTENCES
@@ -187,12 +187,9 @@ def _with_fused_attention(stage: Path, manifest: Manifest, tolerance: float = 1e
     unfused = Predictor(Bundle(stage, manifest), precision="int8")
     parent, _ = unfused.outputs(SENTENCES, batch_size=8)  # padded batches: the mask is exercised
     child, _ = unfused.with_model(stage / FUSED_FILE).outputs(SENTENCES, batch_size=8)
-    worst = float(np.abs(parent - child).max())
-    if worst > tolerance * max(1.0, float(np.abs(parent).max())):
-        raise ValidationError(
-            f"the INT8 model with fused attention differs from the INT8 model by up to {worst:.2e} "
-            f"(tolerance {tolerance:.0e}): report this model"
-        )
+    worst = close_outputs(
+        parent, child, tolerance, "the INT8 model with fused attention differs from the INT8 model"
+    )
     made_by = {
         "tool": "edgebert.calibration.attention",
         "fused": f"{count} self-attentions, each one QAttention",
