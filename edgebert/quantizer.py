@@ -178,11 +178,12 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
 
 
 def _with_fused_attention(stage: Path, manifest: Manifest, tolerance: float = 1e-4) -> Manifest:
-    """Add the static INT8 model's graph with each self-attention one ``QAttention``, which the
-    Predictor runs for small calls (``edgebert.calibration.attention``), checked to give the same
-    outputs on the built-in sentences; ``manifest`` as it is when there is no attention to fuse."""
-    count, hidden = fuse_attention(stage / INT8_FILE, stage / FUSED_FILE)
-    if not count:
+    """Add the static INT8 model's graph with each attention one operator (``QAttention``, or
+    ``MultiHeadAttention`` for a first-token layer's), which the Predictor runs for small calls
+    (``edgebert.calibration.attention``), checked to give the same outputs on the built-in
+    sentences; ``manifest`` as it is when there is no attention to fuse."""
+    fused, hidden = fuse_attention(stage / INT8_FILE, stage / FUSED_FILE)
+    if not fused:
         return manifest
     unfused = Predictor(Bundle(stage, manifest), precision="int8")
     parent, _ = unfused.outputs(SENTENCES, batch_size=8)  # padded batches: the mask is exercised
@@ -192,12 +193,12 @@ def _with_fused_attention(stage: Path, manifest: Manifest, tolerance: float = 1e
     )
     made_by = {
         "tool": "edgebert.calibration.attention",
-        "fused": f"{count} self-attentions, each one QAttention",
+        "fused": fused,  # attentions that became each operator
         "up_to_tokens": up_to_tokens(hidden),
     }
-    fused = artifact(stage, FUSED_FILE, kind="graph", precision="int8", parent="int8", made_by=made_by)
+    graph = artifact(stage, FUSED_FILE, kind="graph", precision="int8", parent="int8", made_by=made_by)
     validation = {"against": "int8", "max_abs_diff": worst, "tolerance": tolerance, "sentences": "built-in"}
-    return manifest.with_artifact("int8-fused", fused).with_validation("int8-fused", validation)
+    return manifest.with_artifact("int8-fused", graph).with_validation("int8-fused", validation)
 
 
 def _large_blocks_back_to_the_os() -> None:

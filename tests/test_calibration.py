@@ -76,11 +76,14 @@ def test_fused_attention_runs_small_calls(
     fused = bundle.manifest.artifacts["int8-fused"]
     assert fused.kind == "graph" and fused.parent == "int8" and fused.validation["max_abs_diff"] < 1e-4
     ops = [n.op_type for n in onnx.load(str(bundle.file("int8-fused"))).graph.node]
-    # the first layer's self-attention (the last layer's computes the first token only)
-    assert ops.count("QAttention") == 1 and "Softmax" in ops
+    # the first layer's self-attention; the last layer's, whose query is the first token only
+    assert ops.count("QAttention") == 1 and ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops
+    assert fused.made_by["fused"] == {"QAttention": 1, "MultiHeadAttention": 1}
     assert "int8-fused" not in bundle.models()  # not a model of its own: bench times it within int8
     predictor = Predictor(bundle, precision="int8")
     assert isinstance(predictor.session, ByTokens)
+    predictor.predict(list(SENTENCES))
+    assert predictor.session._large is None  # small calls only: the unfused graph is not loaded
     unfused = predictor.with_model(bundle.file("int8"))
     texts = list(SENTENCES)
     for start in range(0, len(texts), 4):  # texts of different lengths: the padding is masked

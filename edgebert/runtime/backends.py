@@ -97,14 +97,25 @@ def _open_ort(
 class ByTokens:
     """Two ONNX Runtime sessions of one model behind the two calls the Predictor makes of one
     (``get_inputs`` and ``run``): calls of at most ``up_to_tokens`` tokens (batch × sequence) run on
-    ``small``, larger ones on ``large``. A static INT8 bundle's fused-attention graph is faster for
-    small calls only (``edgebert.calibration.attention``)."""
+    ``small``, larger ones on the session ``open_large`` returns. A static INT8 bundle's
+    fused-attention graph is faster for small calls only (``edgebert.calibration.attention``).
+    The large session is opened by the first call that needs it, so that a device sending one
+    sentence at a time holds one graph in memory, not two."""
 
-    def __init__(self, small: Any, large: Any, up_to_tokens: int) -> None:
-        self.small, self.large, self.up_to_tokens = small, large, up_to_tokens
+    def __init__(self, small: Any, open_large: Callable[[], Any], up_to_tokens: int) -> None:
+        self.small, self.up_to_tokens = small, up_to_tokens
+        self._open_large, self._large = open_large, None
+        self._lock = threading.Lock()
+
+    @property
+    def large(self) -> Any:
+        with self._lock:  # concurrent first large calls open it once
+            if self._large is None:
+                self._large = self._open_large()
+            return self._large
 
     def get_inputs(self) -> Any:
-        return self.large.get_inputs()
+        return self.small.get_inputs()
 
     def choose(self, feeds: dict[str, np.ndarray]) -> Any:
         return self.small if feeds["input_ids"].size <= self.up_to_tokens else self.large

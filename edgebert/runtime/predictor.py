@@ -13,6 +13,7 @@ on our CPU costs little throughput (batch 1: 324 items/s, batch 8: 353; benchmar
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,8 @@ class Predictor:
     ``Backend``; 1 pads only to the longest text of a batch). ``static_shapes`` (OpenVINO): compile
     a model for each of the last that many input shapes (faster, more memory: ``OpenVINOSession``).
     On ONNX Runtime CPU a model with another graph in the bundle (a static INT8 model's fused
-    attention) runs each call on the graph that is faster at its size (``ByTokens``).
+    attention) runs each call on the graph that is faster at its size (``ByTokens``; the model's
+    own graph is loaded at the first call large enough to need it).
     """
 
     def __init__(
@@ -91,18 +93,22 @@ class Predictor:
             self.bundle.manifest.max_length,
             pad_to_multiple_of=pad_to_multiple_of or BACKENDS[self.backend].pad_to_multiple_of,
         )
-        self.session = open_session(
+        model = functools.partial(
+            open_session,
             self.bundle.file(self.precision),
             self.backend,
             threads=threads,
             inference_precision=inference_precision,
             static_shapes=static_shapes,
         )
+        self.session: Any
         graph = self.bundle.graph_for(self.precision)  # the same model as another graph, for small calls
         if graph is not None and self.backend == "cpu":
             small = open_session(self.bundle.file(graph), "cpu", threads=threads)
             up_to = self.bundle.manifest.artifacts[graph].made_by["up_to_tokens"]
-            self.session = ByTokens(small, self.session, up_to)
+            self.session = ByTokens(small, model, up_to)
+        else:
+            self.session = model()
         self.input_names = {i.name for i in self.session.get_inputs()}
         made_by = self.bundle.manifest.artifacts[self.precision].made_by
         self.batch_size = batch_size_for(made_by.get("method"))
