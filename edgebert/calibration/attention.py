@@ -61,8 +61,11 @@ def fused_attention(graph: Any, nodes: list[Any]) -> list[Any]:
         found = _attention(softmax, producer, readers, initializers, constant)
         if found is not None:
             projections, head_size, end = found
-            fuse = _qattention if _one_input(projections) else _multi_head_attention
-            replaced[id(end)] = fuse(graph, initializers, projections, head_size, end)
+            replaced[id(end)] = (
+                _qattention(graph, initializers, projections, head_size, end)
+                if _one_input(projections)
+                else _multi_head_attention(initializers, projections, head_size, end)
+            )
     if not replaced:
         return nodes
     cast = helper.make_node("Cast", [MASK], [MASK_INT32], name=MASK_INT32, to=TensorProto.INT32)
@@ -100,7 +103,7 @@ def _qattention(
 
 
 def _multi_head_attention(
-    graph: Any, initializers: dict[str, Any], projections: list[Any], head_size: int, end: Any
+    initializers: dict[str, Any], projections: list[Any], head_size: int, end: Any
 ) -> Any:
     """A ``MultiHeadAttention`` computing ``end``'s output from the three projections' float
     outputs, which stay as they are: for a query that is not a projection of the keys' input."""
