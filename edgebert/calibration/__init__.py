@@ -161,11 +161,7 @@ def _integer_matmuls(path: Path) -> None:
     model = onnx.load(str(path))
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = _links(graph.node)
     quantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     lowered: dict[int, Any] = {}
     folded: set[int] = set()
@@ -206,6 +202,17 @@ def _integer_matmuls(path: Path) -> None:
     if all(o.domain != "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
+
+
+def _links(nodes: Iterable[Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The node that makes each tensor, and the nodes that read it."""
+    producer: dict[str, Any] = {}
+    readers: dict[str, list[Any]] = {}
+    for node in nodes:
+        producer.update((name, node) for name in node.output)
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return producer, readers
 
 
 def _keep_live(graph: Any, nodes: list[Any]) -> None:

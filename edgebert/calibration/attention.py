@@ -47,13 +47,11 @@ def fused_attention(graph: Any, nodes: list[Any]) -> list[Any]:
     as dead. A graph without an ``attention_mask`` input is unchanged."""
     from onnx import TensorProto, helper
 
+    from edgebert.calibration import _links
+
     if MASK not in {i.name for i in graph.input}:
         return nodes
-    producer = {o: n for n in nodes for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = _links(nodes)
     initializers = {i.name: i for i in graph.initializer}
     constant = _constant(initializers, nodes)
     replaced: dict[int, Any] = {}
@@ -230,7 +228,7 @@ def fuse_attention(source: Path, target: Path) -> tuple[dict[str, int], int]:
     hidden width they read."""
     import onnx
 
-    from edgebert.calibration import _keep_live
+    from edgebert.calibration import _keep_live, _links
 
     model = onnx.load(str(source))
     nodes = fused_attention(model.graph, list(model.graph.node))
@@ -238,7 +236,7 @@ def fuse_attention(source: Path, target: Path) -> tuple[dict[str, int], int]:
     if not fused:
         return {}, 0
     first = fused[0]  # its weight, or its query projection's, is hidden x (3 x) hidden
-    producer = {o: n for n in nodes for o in n.output}
+    producer, _ = _links(nodes)
     weight = first.input[1] if first.op_type == "QAttention" else producer[first.input[0]].input[1]
     width = next(i.dims[0] for i in model.graph.initializer if i.name == weight)
     _keep_live(model.graph, nodes)
