@@ -162,10 +162,10 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
         "Latency: p50 ms at seq 128, every model in its own process, taking 0.25 s turns in one run (≥100 runs and ≥3 s per row "
         "after 10 warm-up runs). Static: ranges fixed by calibration, u8 activations, per-channel s8 weights, weight MatMuls "
         "only; each quantized MatMul and its bias lowered to one MatMulIntegerToFloat, the residual path in float. Each "
-        "static model also has its graph with each attention fused into one operator (QAttention; MultiHeadAttention in the "
-        "last layer, which computes the first token only), which the Predictor runs for "
+        "INT8 model, dynamic included, also has its graph with each attention fused into one operator (QAttention; "
+        "MultiHeadAttention in the last layer, which computes the first token only), which the Predictor runs for "
         "small calls (up to 512 tokens for MiniLM, 128 for bert-base: batch 1 here; batch 8 runs the unfused graph); its "
-        "size counts both graphs. Kept in "
+        "size counts both graphs and the weights file they share. Kept in "
         "float: distill smooths the FFN-output MatMuls' inputs (SmoothQuant, strength and layers chosen by KL) and returns the fewest of them to float that bring argmax agreement with fp32 on the "
         "calibration texts to 0.99; dynamic and the other static methods keep the most sensitive one.",
         "",

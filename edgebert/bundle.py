@@ -104,7 +104,7 @@ class Bundle:
         return dict(sorted(models.items(), key=lambda item: item[1].parent is not None))
 
     def graph_for(self, model: str) -> str | None:
-        """The artifact holding ``model`` as another graph (kind ``graph``: a static INT8 model with
+        """The artifact holding ``model`` as another graph (kind ``graph``: an INT8 model with
         its attention fused, run for small calls), if there is one."""
         graphs = (n for n, a in self.manifest.artifacts.items() if a.kind == "graph" and a.parent == model)
         return next(graphs, None)

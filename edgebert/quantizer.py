@@ -7,13 +7,14 @@ FFN-output MatMuls are ranked by how much their quantization moves the outputs (
 calibration texts). Distillation-aware calibration returns the fewest of the most sensitive to
 float that bring the INT8 model's agreement with fp32 on those texts to a target; the other methods
 keep the most sensitive one; given a labeled held-out file, every method keeps the fewest that hold
-accuracy within a budget. A static model also gets its graph with the attention fused, which the
+accuracy within a budget. The INT8 model also gets its graph with the attention fused, which the
 Predictor runs for small calls (``edgebert.calibration.attention``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgebert.atomic import staging, write_json
-from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, write_manifest
+from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, sha256, write_manifest
 from edgebert.calibration import (
     STATIC_METHODS,
     bounds,
@@ -48,6 +49,7 @@ from edgebert.samples import SENTENCES
 
 INT8_FILE = "model.int8.onnx"
 FUSED_FILE = "model.int8-fused.onnx"  # the same model, its attention fused: for small calls
+WEIGHTS_FILE = "model.int8.onnx.data"  # the INT8 model's weights, read by both its graphs
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("dynamic", *STATIC_METHODS, "distill")
 log = logging.getLogger("edgebert")
@@ -174,30 +176,41 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
         calibration = artifact(stage, CALIBRATION_FILE, parent="int8", made_by={"method": config.method})
         manifest = manifest.with_artifact("calibration", calibration)
     manifest = validated(stage, manifest, "int8", config)
-    return manifest if config.method == "dynamic" else _with_fused_attention(stage, manifest)
+    return _with_fused_attention(stage, manifest)
 
 
 def _with_fused_attention(stage: Path, manifest: Manifest, tolerance: float = 1e-4) -> Manifest:
-    """Add the static INT8 model's graph with each attention one operator (``QAttention``, or
+    """Add the INT8 model's graph with each attention one operator (``QAttention``, or
     ``MultiHeadAttention`` for a first-token layer's), which the Predictor runs for small calls
-    (``edgebert.calibration.attention``), checked to give the same outputs on the built-in
-    sentences; ``manifest`` as it is when there is no attention to fuse."""
-    fused, hidden = fuse_attention(stage / INT8_FILE, stage / FUSED_FILE)
+    (``edgebert.calibration.attention``), the weights both graphs read in one file; both graphs are
+    checked to give the INT8 model's outputs on the built-in sentences. ``manifest`` as it is when
+    there is no attention to fuse."""
+    int8 = Predictor(Bundle(stage, manifest), precision="int8")
+    parent, _ = int8.outputs(SENTENCES, batch_size=8)  # padded batches: the mask is exercised
+    fused, hidden = fuse_attention(stage / INT8_FILE, stage / FUSED_FILE, WEIGHTS_FILE)
     if not fused:
         return manifest
-    unfused = Predictor(Bundle(stage, manifest), precision="int8")
-    parent, _ = unfused.outputs(SENTENCES, batch_size=8)  # padded batches: the mask is exercised
-    child, _ = unfused.with_model(stage / FUSED_FILE).outputs(SENTENCES, batch_size=8)
-    worst = close_outputs(
-        parent, child, tolerance, "the INT8 model with fused attention differs from the INT8 model"
+    worst = max(
+        close_outputs(
+            parent, int8.with_model(stage / file).outputs(SENTENCES, batch_size=8)[0], tolerance, what
+        )
+        for file, what in (
+            (INT8_FILE, "the INT8 model with its weights in their own file differs from the INT8 model"),
+            (FUSED_FILE, "the INT8 model with fused attention differs from the INT8 model"),
+        )
     )
     made_by = {
         "tool": "edgebert.calibration.attention",
         "fused": fused,  # attentions that became each operator
         "up_to_tokens": up_to_tokens(hidden),
     }
+    moved = dataclasses.replace(manifest.artifacts["int8"], sha256=sha256(stage / INT8_FILE))
+    weights = artifact(
+        stage, WEIGHTS_FILE, kind="weights", parent="int8", made_by={"read_by": ["int8", "int8-fused"]}
+    )
     graph = artifact(stage, FUSED_FILE, kind="graph", precision="int8", parent="int8", made_by=made_by)
     validation = {"against": "int8", "max_abs_diff": worst, "tolerance": tolerance, "sentences": "built-in"}
+    manifest = manifest.with_artifact("int8", moved).with_artifact("int8.data", weights)
     return manifest.with_artifact("int8-fused", graph).with_validation("int8-fused", validation)
 
 

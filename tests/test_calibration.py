@@ -80,6 +80,22 @@ def test_fused_attention_runs_small_calls(
     assert ops.count("QAttention") == 1 and ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops
     assert fused.made_by["fused"] == {"QAttention": 1, "MultiHeadAttention": 1}
     assert "int8-fused" not in bundle.models()  # not a model of its own: bench times it within int8
+    # the weights both graphs read are on disk once, in one file that each graph points into
+    weights = bundle.manifest.artifacts["int8.data"]
+    assert weights.kind == "weights" and weights.parent == "int8"
+    placed = [
+        {
+            t.name: list(t.external_data)
+            for t in onnx.load(str(bundle.file(g)), load_external_data=False).graph.initializer
+            if t.external_data
+        }
+        for g in ("int8", "int8-fused")
+    ]
+    shared = placed[0].keys() & placed[1].keys()
+    assert shared == placed[1].keys() and shared and all(placed[0][n] == placed[1][n] for n in shared)
+    assert all(
+        e.value == weights.file for entries in placed[1].values() for e in entries if e.key == "location"
+    )
     predictor = Predictor(bundle, precision="int8")
     assert isinstance(predictor.session, ByTokens)
     predictor.predict(list(SENTENCES))
@@ -95,10 +111,20 @@ def test_fused_attention_runs_small_calls(
     limit = fused.made_by["up_to_tokens"]
     assert limit == 512 * 384**2 // 64**2  # MiniLM's 512 tokens, at the same work for hidden 64
     assert predictor.session.choose({"input_ids": np.zeros((1, limit + 1))}) is predictor.session.large
-    # a dynamic INT8 model replacing it takes its fused graph with it
-    quantize(bundle.path, QuantizeConfig(method="dynamic"))
-    assert "int8-fused" not in Bundle.load(bundle.path).manifest.artifacts
-    assert not (bundle.path / fused.file).exists()
+    # a dynamic INT8 model replacing it has a fused graph of its own: QAttention reads the scale
+    # that DynamicQuantizeLinear computes at run time
+    dynamic = quantize(bundle.path, QuantizeConfig(method="dynamic"))
+    replaced = dynamic.manifest.artifacts["int8-fused"]
+    assert replaced.sha256 != fused.sha256 and replaced.validation["max_abs_diff"] < 1e-4
+    nodes = onnx.load(str(dynamic.file("int8-fused")), load_external_data=False).graph.node
+    made = {o: n.op_type for n in nodes for o in n.output}
+    attention = next(n for n in nodes if n.op_type == "QAttention")
+    assert made[attention.input[3]] == "DynamicQuantizeLinear"
+    predictor = Predictor(dynamic, precision="int8")
+    assert isinstance(predictor.session, ByTokens)
+    ours = predictor.outputs(texts)[0]
+    theirs = predictor.with_model(dynamic.file("int8")).outputs(texts)[0]
+    assert np.abs(ours - theirs).max() < 1e-5
 
 
 def test_static_calibration_is_deterministic(

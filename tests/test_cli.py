@@ -24,7 +24,7 @@ def test_export_info_predict_bench(
         "export", "--model", str(tiny_classifier), "--quantize", "int8", "--out", str(out), "--json"
     )
     assert code == 0
-    assert set(json.loads(stdout)["artifacts"]) == {"tokenizer", "fp32", "int8"}
+    assert set(json.loads(stdout)["artifacts"]) == {"tokenizer", "fp32", "int8", "int8-fused", "int8.data"}
     code, stdout, _ = run("info", str(out))
     assert code == 0 and "model.int8.onnx" in stdout and "max_abs_diff" in stdout
     code, stdout, _ = run("predict", str(out), "a lovely film", "--json")

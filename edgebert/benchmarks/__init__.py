@@ -181,7 +181,7 @@ def computes_in(precision: str, computed: str | None) -> str:
 
 def model_size_mb(bundle: Bundle, name: str) -> float:
     """A model's size on disk: its file, its weights file (an OpenVINO IR's .bin) and its other
-    graph (a static INT8 model's fused attention), if any."""
+    graph (an INT8 model's, its attention fused), if any."""
     parts = [name] + [
         n for n, a in bundle.manifest.artifacts.items() if a.kind in ("weights", "graph") and a.parent == name
     ]

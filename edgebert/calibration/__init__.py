@@ -177,9 +177,7 @@ def _integer_matmuls(path: Path) -> None:
         output = node.output[0]
         after = readers.get(output, [])
         if len(after) == 1 and after[0].op_type == "Add":
-            bias = next(name for name in after[0].input if name != output)
-            if bias in producer and producer[bias].op_type == "Identity":  # the exporter's shared copies
-                bias = producer[bias].input[0]
+            bias = _copied(next(name for name in after[0].input if name != output), producer)
             if bias in initializers and len(initializers[bias].dims) == 1:
                 inputs.append(bias)
                 output = after[0].output[0]
@@ -202,6 +200,13 @@ def _integer_matmuls(path: Path) -> None:
     if all(o.domain != "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
+
+
+def _copied(name: str, producer: dict[str, Any]) -> str:
+    """The tensor that ``name`` is an ``Identity`` of (the exporter's copies of a shared bias), or
+    ``name``."""
+    node = producer.get(name)
+    return node.input[0] if node is not None and node.op_type == "Identity" else name
 
 
 def _links(nodes: Iterable[Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:

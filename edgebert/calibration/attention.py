@@ -1,19 +1,23 @@
-"""Each attention of a lowered static INT8 graph as one operator, mostly ``QAttention``.
+"""Each attention of an INT8 graph as one operator, mostly ``QAttention``.
 
-After ``_integer_matmuls`` a BERT self-attention is three ``MatMulIntegerToFloat`` projections of
-one quantized input, each reshaped and transposed into heads, then the float attention (MatMul,
+After ``_integer_matmuls`` (static INT8) or ``_dynamic_matmuls`` (dynamic INT8, the input's scale
+computed at run time) a BERT self-attention is three ``MatMulIntegerToFloat`` projections of one
+quantized input, each reshaped and transposed into heads, then the float attention (MatMul,
 scale, mask, Softmax, MatMul) and a transpose and reshape back: about 15 nodes. ONNX Runtime's CPU
 provider has one INT8 kernel for all of it, ``QAttention``: the three projections with the
-concatenated weights (u8 input at its calibrated scale, per-column s8 weights), the attention in
+concatenated weights (u8 input at its scale, per-column s8 weights), the attention in
 float as before, the heads handled inside. The same outputs (SST-2 MiniLM: a difference of 0.0 on
 64 dev sentences in padded batches), fewer nodes, and faster for small calls only. The two graphs
-side by side in one process (2 threads): MiniLM (hidden 384) 0.85× the time at 1 × 64 tokens,
-0.90–0.91× at 1, 2 and 4 × 128, but 1.12× at 8 × 128 and 1.09× at 16 × 128; a bert-base shape
-(hidden 768) 0.95× at 1 × 32, 0.99× at 1 × 128, 1.03× at 2 × 128 and 1.07× at 8 × 128. Both turn
-at the same work per projection, tokens × hidden² = 512 × 384², so the bundle keeps both graphs
-and the Predictor runs this one for calls of up to ``up_to_tokens(hidden)`` tokens
-(``edgebert.runtime.backends.ByTokens``). OpenVINO, which has no ``QAttention``, converts the
-unfused graph.
+side by side in one process (2 threads), static INT8: MiniLM (hidden 384) 0.85× the time at
+1 × 64 tokens, 0.90–0.91× at 1, 2 and 4 × 128, but 1.12× at 8 × 128 and 1.09× at 16 × 128; a
+bert-base shape (hidden 768) 0.95× at 1 × 32, 0.99× at 1 × 128, 1.03× at 2 × 128 and 1.07× at
+8 × 128. Dynamic INT8 (MiniLM): 0.86–0.88× on real SST-2 sentences, 0.90–0.93× at 1 × 64,
+0.87–0.94× at 1 × 128, 0.91–1.00× at 4 × 128. Both turn at the same work per projection,
+tokens × hidden² = 512 × 384², so the bundle keeps both graphs and the Predictor runs this one
+for calls of up to ``up_to_tokens(hidden)`` tokens (``edgebert.runtime.backends.ByTokens``). The
+two graphs read their common weights from one file (``model.int8.onnx.data``): the fused graph
+adds only its packed projections (MiniLM: 2.3 MB beside 22 MB). OpenVINO, which has no
+``QAttention``, converts the unfused graph.
 
 The last layer of a classifier exported to compute the first token only (``exporter.first_token``)
 projects its query from that token alone, another input at another scale, so ``QAttention`` does
@@ -222,16 +226,19 @@ def _constant(initializers: dict[str, Any], nodes: list[Any]) -> Callable[[str],
     return value
 
 
-def fuse_attention(source: Path, target: Path) -> tuple[dict[str, int], int]:
-    """Write ``source`` (a lowered static INT8 model) to ``target`` with its attentions fused
-    (``fused_attention``); returns how many became each operator (none: nothing written) and the
-    hidden width they read."""
+def fuse_attention(source: Path, target: Path, weights: str) -> tuple[dict[str, int], int]:
+    """Write ``source`` (an INT8 model, static INT8 lowered) to ``target`` with its attentions fused
+    (``fused_attention``), the weights the two graphs share stored once, in file ``weights`` beside
+    them (``source`` is rewritten to read its weights there); returns how many attentions became
+    each operator (none: nothing written) and the hidden width they read."""
     import onnx
 
     from edgebert.calibration import _keep_live, _links
 
     model = onnx.load(str(source))
-    nodes = fused_attention(model.graph, list(model.graph.node))
+    unfused = onnx.ModelProto()
+    unfused.CopyFrom(model)
+    nodes = fused_attention(model.graph, _dynamic_matmuls(list(model.graph.node), model.graph))
     fused = [n for n in nodes if n.op_type in ("QAttention", "MultiHeadAttention")]
     if not fused:
         return {}, 0
@@ -240,8 +247,75 @@ def fuse_attention(source: Path, target: Path) -> tuple[dict[str, int], int]:
     weight = first.input[1] if first.op_type == "QAttention" else producer[first.input[0]].input[1]
     width = next(i.dims[0] for i in model.graph.initializer if i.name == weight)
     _keep_live(model.graph, nodes)
+    _share_weights(unfused, source, model, weights)
     onnx.save(model, str(target))
     return dict(Counter(n.op_type for n in fused)), width
+
+
+def _dynamic_matmuls(nodes: list[Any], graph: Any) -> list[Any]:
+    """``nodes`` with each of dynamic INT8's MatMuls (``MatMulInteger`` of a ``DynamicQuantizeLinear``
+    output and an int8 weight, ``Cast``, ``Mul`` by the two scales, the bias ``Add``) as one
+    ``MatMulIntegerToFloat``, the form static INT8 is lowered to, whose attention can be fused; the
+    run-time scale and zero point are its inputs. (ONNX Runtime makes the same nodes of dynamic INT8's
+    MatMuls when it loads the unfused graph.) Nodes left without readers are for the caller to drop."""
+    from onnx import helper
+
+    from edgebert.calibration import _copied, _links
+
+    producer, readers = _links(nodes)
+    initializers = {i.name for i in graph.initializer}
+
+    def made_by(name: str, op: str) -> Any:
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op else None
+
+    def only_reader(name: str, op: str) -> Any:
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    lowered: dict[int, Any] = {}
+    gone: set[int] = set()
+    for node in (n for n in nodes if n.op_type == "MatMulInteger" and len(n.input) == 4):
+        quantize = made_by(node.input[0], "DynamicQuantizeLinear")
+        cast = only_reader(node.output[0], "Cast")
+        rescale = cast and only_reader(cast.output[0], "Mul")
+        scales = rescale and made_by(next(i for i in rescale.input if i != cast.output[0]), "Mul")
+        if not (quantize and scales):
+            continue
+        weight_scale = [i for i in scales.input if i != quantize.output[1]]
+        if node.input[1] not in initializers or len(weight_scale) != 1 or weight_scale[0] not in initializers:
+            continue
+        xq, w, xz, wz = node.input
+        inputs, output = [xq, w, quantize.output[1], weight_scale[0], xz, wz], rescale.output[0]
+        add = only_reader(output, "Add")
+        bias = add and _copied(next(i for i in add.input if i != output), producer)
+        folded = {id(rescale)}
+        if bias in initializers:
+            inputs, output = [*inputs, bias], add.output[0]
+            folded.add(id(add))
+        lowered[id(node)] = helper.make_node(
+            "MatMulIntegerToFloat", inputs, [output], name=node.name, domain="com.microsoft"
+        )
+        gone |= folded
+    return [lowered.get(id(n), n) for n in nodes if id(n) not in gone]
+
+
+def _share_weights(model: Any, path: Path, other: Any, weights: str) -> None:
+    """Save ``model`` to ``path`` with its tensors of 1 KB and more in file ``weights`` beside it, and
+    point ``other``'s identical tensors (the same name and bytes) at them: two graphs of one model
+    with their common weights on disk once."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    own = {t.name: t.SerializeToString() for t in model.graph.initializer}
+    common = [t for t in other.graph.initializer if own.get(t.name) == t.SerializeToString()]
+    (path.parent / weights).unlink(missing_ok=True)  # onnx appends to the file
+    onnx.save(model, str(path), save_as_external_data=True, location=weights, size_threshold=1024)
+    stored = {t.name: t for t in model.graph.initializer if uses_external_data(t)}
+    for tensor in (t for t in common if t.name in stored):
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.extend(stored[tensor.name].external_data)
 
 
 def up_to_tokens(hidden: int) -> int:

@@ -70,7 +70,7 @@ class Predictor:
     ``pad_to_multiple_of``: pad inputs to a multiple of this many tokens (default: the backend's, see
     ``Backend``; 1 pads only to the longest text of a batch). ``static_shapes`` (OpenVINO): compile
     a model for each of the last that many input shapes (faster, more memory: ``OpenVINOSession``).
-    On ONNX Runtime CPU a model with another graph in the bundle (a static INT8 model's fused
+    On ONNX Runtime CPU a model with another graph in the bundle (an INT8 model's fused
     attention) runs each call on the graph that is faster at its size (``ByTokens``; the model's
     own graph is loaded at the first call large enough to need it).
     """
