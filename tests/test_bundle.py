@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,13 +25,14 @@ def test_manifest_round_trips(classify_bundle: Path) -> None:
     assert manifest.artifacts["int8"].parent == "fp32"
 
 
-def test_flipped_byte_is_refused(classify_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("file", ["model.int8.onnx", "model.int8.onnx.data"])  # a graph, its weights
+def test_flipped_byte_is_refused(classify_bundle: Path, tmp_path: Path, file: str) -> None:
     copy = _copy(classify_bundle, tmp_path)
-    model = copy / "model.int8.onnx"
+    model = copy / file
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"model\.int8\.onnx.*sha256"):
+    with pytest.raises(BundleError, match=rf"{re.escape(file)}' does not match its sha256"):
         Bundle.load(copy)
 
 
