@@ -149,24 +149,20 @@ def _attention(
     """The self-attention around ``softmax``: its query, key and value projections, its head size and
     the Reshape that ends it; None unless the whole pattern is there."""
 
-    def made_by(name: str, op: str) -> Any:
-        node = producer.get(name)
-        return node if node is not None and node.op_type == op else None
-
     def read_by(name: str, op: str) -> Any:  # the one reader, besides Shapes for the Reshapes' shapes
         found = [r for r in readers.get(name, []) if r.op_type != "Shape"]
         return found[0] if len(found) == 1 and found[0].op_type == op else None
 
     def projection(name: str, perm: tuple[int, ...]) -> Any:
-        transpose = made_by(name, "Transpose")
+        transpose = _made_by(producer, name, "Transpose")
         if transpose is None or _perm(transpose) != perm:
             return None
-        reshape = made_by(transpose.input[0], "Reshape")
-        return reshape and made_by(reshape.input[0], "MatMulIntegerToFloat")
+        reshape = _made_by(producer, transpose.input[0], "Reshape")
+        return reshape and _made_by(producer, reshape.input[0], "MatMulIntegerToFloat")
 
-    masked = made_by(softmax.input[0], "Add")
-    scaled = masked and made_by(masked.input[0], "Div")
-    scores = scaled and made_by(scaled.input[0], "MatMul")
+    masked = _made_by(producer, softmax.input[0], "Add")
+    scaled = masked and _made_by(producer, masked.input[0], "Div")
+    scores = scaled and _made_by(producer, scaled.input[0], "MatMul")
     context = read_by(softmax.output[0], "MatMul")
     back = context and read_by(context.output[0], "Transpose")
     end = back and read_by(back.output[0], "Reshape")
@@ -190,6 +186,12 @@ def _attention(
     if head_size < 1 or width % head_size:
         return None
     return projections, head_size, end
+
+
+def _made_by(producer: dict[str, Any], name: str, op: str) -> Any:
+    """The node that makes tensor ``name`` if it is an ``op``, else None."""
+    node = producer.get(name)
+    return node if node is not None and node.op_type == op else None
 
 
 def _perm(node: Any) -> tuple[int, ...]:
@@ -238,7 +240,7 @@ def fuse_attention(source: Path, target: Path, weights: str) -> tuple[dict[str, 
     model = onnx.load(str(source))
     unfused = onnx.ModelProto()
     unfused.CopyFrom(model)
-    nodes = fused_attention(model.graph, _dynamic_matmuls(list(model.graph.node), model.graph))
+    nodes = fused_attention(model.graph, _dynamic_matmuls(model.graph, list(model.graph.node)))
     fused = [n for n in nodes if n.op_type in ("QAttention", "MultiHeadAttention")]
     if not fused:
         return {}, 0
@@ -252,7 +254,7 @@ def fuse_attention(source: Path, target: Path, weights: str) -> tuple[dict[str, 
     return dict(Counter(n.op_type for n in fused)), width
 
 
-def _dynamic_matmuls(nodes: list[Any], graph: Any) -> list[Any]:
+def _dynamic_matmuls(graph: Any, nodes: list[Any]) -> list[Any]:
     """``nodes`` with each of dynamic INT8's MatMuls (``MatMulInteger`` of a ``DynamicQuantizeLinear``
     output and an int8 weight, ``Cast``, ``Mul`` by the two scales, the bias ``Add``) as one
     ``MatMulIntegerToFloat``, the form static INT8 is lowered to, whose attention can be fused; the
@@ -265,10 +267,6 @@ def _dynamic_matmuls(nodes: list[Any], graph: Any) -> list[Any]:
     producer, readers = _links(nodes)
     initializers = {i.name for i in graph.initializer}
 
-    def made_by(name: str, op: str) -> Any:
-        node = producer.get(name)
-        return node if node is not None and node.op_type == op else None
-
     def only_reader(name: str, op: str) -> Any:
         found = readers.get(name, [])
         return found[0] if len(found) == 1 and found[0].op_type == op else None
@@ -276,10 +274,10 @@ def _dynamic_matmuls(nodes: list[Any], graph: Any) -> list[Any]:
     lowered: dict[int, Any] = {}
     gone: set[int] = set()
     for node in (n for n in nodes if n.op_type == "MatMulInteger" and len(n.input) == 4):
-        quantize = made_by(node.input[0], "DynamicQuantizeLinear")
+        quantize = _made_by(producer, node.input[0], "DynamicQuantizeLinear")
         cast = only_reader(node.output[0], "Cast")
         rescale = cast and only_reader(cast.output[0], "Mul")
-        scales = rescale and made_by(next(i for i in rescale.input if i != cast.output[0]), "Mul")
+        scales = rescale and _made_by(producer, next(i for i in rescale.input if i != cast.output[0]), "Mul")
         if not (quantize and scales):
             continue
         weight_scale = [i for i in scales.input if i != quantize.output[1]]

@@ -97,7 +97,7 @@ def _open_ort(
 class ByTokens:
     """Two ONNX Runtime sessions of one model behind the two calls the Predictor makes of one
     (``get_inputs`` and ``run``): calls of at most ``up_to_tokens`` tokens (batch × sequence) run on
-    ``small``, larger ones on the session ``open_large`` returns. A static INT8 bundle's
+    ``small``, larger ones on the session ``open_large`` returns. An INT8 model's
     fused-attention graph is faster for small calls only (``edgebert.calibration.attention``).
     The large session is opened by the first call that needs it, so that a device sending one
     sentence at a time holds one graph in memory, not two."""
