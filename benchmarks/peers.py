@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from calibration import bert_base, subject_parser  # benchmarks/calibration.py
+from calibration import bert_base, subject_parser, wrap  # benchmarks/calibration.py
 
 from edgebert.benchmarks import Timing, computes_in, model_size_mb
 from edgebert.benchmarks.latency import Subject, latency_stats, measure_models
-from edgebert.bundle import Bundle, artifact, read_manifest, write_manifest
+from edgebert.bundle import Bundle
 from edgebert.data import encode_labels, read_examples
 from edgebert.fidelity import fidelity
 from edgebert.runtime import Predictor
@@ -182,31 +182,6 @@ def build(
         "edgebert OpenVINO INT8 (distill, f32)": (ours, "openvino-int8", "openvino", "f32"),
     }
     return subjects, seconds
-
-
-def wrap(base: Path, dest: Path, files: dict[str, Path]) -> Path:
-    """A copy of the fp32 bundle with a peer's model files added as artifacts (or, for ``fp32``,
-    replacing its own)."""
-    shutil.copytree(base, dest)
-    manifest = read_manifest(dest)
-    for name, source in files.items():
-        shutil.copy(source, dest / source.name)
-        kind = "weights" if name.endswith(".bin") else "model"
-        precision = None if kind == "weights" else "fp32" if name == "fp32" else "int8"
-        parent = name.removesuffix(".bin") if kind == "weights" else None if name == "fp32" else "fp32"
-        manifest = manifest.with_artifact(
-            name,
-            artifact(
-                dest,
-                source.name,
-                kind=kind,
-                precision=precision,
-                parent=parent,
-                made_by={"tool": "peer recipe"},
-            ),
-        )
-    write_manifest(dest, manifest)
-    return dest
 
 
 def nncf_recipe(base: Path, calibration: str, samples: int, out: Path) -> Path:
