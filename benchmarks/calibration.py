@@ -35,7 +35,7 @@ from edgebert.runtime import Predictor
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 METHODS = ("dynamic", "minmax", "percentile", "entropy", "distill")
-PLAIN = "ONNX Runtime quantize_dynamic"  # the row of ONNX Runtime's tool run as its docs show, per-channel
+PLAIN = "ONNX Runtime quantize_dynamic"  # ONNX Runtime's own tool, per-channel, as a row
 
 # run in a child so that its peak memory (VmHWM) is the quantization's own
 QUANTIZE = """
@@ -216,7 +216,7 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
         "size counts both graphs and the weights file they share. Kept in "
         "float: distill smooths the FFN-output MatMuls' inputs (SmoothQuant, strength and layers chosen by KL) and returns the fewest of them to float that bring argmax agreement with fp32 on the "
         "calibration texts to 0.99; dynamic and the other static methods keep the most sensitive one. "
-        f"{PLAIN}: ONNX Runtime's tool on the same fp32 model as its docs show it (per-channel s8 weights, nothing "
+        f"{PLAIN}: ONNX Runtime's own tool on the same fp32 model, per-channel (s8 weights; nothing "
         "kept in float, no fused-attention graph): the dynamic per-channel INT8 a user gets without edgebert.",
         "",
         "| model | dev accuracy | agreement with fp32 | b1 p50 | b8 p50 | b1 vs dynamic | b8 vs dynamic | size MB | quantize time s | peak memory MB | kept in float |",
