@@ -1,8 +1,8 @@
 """INT8 calibration methods side by side on the reference SST-2 classifier: dynamic INT8 and static
-QDQ INT8 with minmax, percentile and entropy ranges and distill, each calibrated on the same texts of
-SST-2 train, and ONNX Runtime's own quantize_dynamic (per-channel) of the same fp32 model as a user of
-that tool would run it, with SST-2 dev accuracy, agreement with fp32, latency (all models timed in one interleaved run),
-size, calibration time and the quantizing process's peak memory. Writes benchmarks/results/calibration.md.
+QDQ INT8 with minmax, percentile, entropy and distill ranges, each calibrated on the same texts of
+SST-2 train, and ONNX Runtime's own quantize_dynamic (per-channel) of the same fp32 model, with SST-2
+dev accuracy, agreement with fp32, latency (all models timed in one interleaved run), size,
+calibration time and the quantizing process's peak memory. Writes benchmarks/results/calibration.md.
 
     .venv/bin/python benchmarks/calibration.py [--samples 512] [--threads 2]
 
