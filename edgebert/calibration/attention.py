@@ -235,7 +235,7 @@ def fuse_attention(source: Path, target: Path, weights: str) -> tuple[dict[str, 
     each operator (none: nothing written) and the hidden width they read."""
     import onnx
 
-    from edgebert.calibration import _keep_live, _links
+    from edgebert.calibration import _keep_live
 
     model = onnx.load(str(source))
     unfused = onnx.ModelProto()
@@ -245,8 +245,8 @@ def fuse_attention(source: Path, target: Path, weights: str) -> tuple[dict[str, 
     if not fused:
         return {}, 0
     first = fused[0]  # its weight, or its query projection's, is hidden x (3 x) hidden
-    producer, _ = _links(nodes)
-    weight = first.input[1] if first.op_type == "QAttention" else producer[first.input[0]].input[1]
+    query = first if first.op_type == "QAttention" else next(n for n in nodes if first.input[0] in n.output)
+    weight = query.input[1]
     width = next(i.dims[0] for i in model.graph.initializer if i.name == weight)
     _keep_live(model.graph, nodes)
     _share_weights(unfused, source, model, weights)
