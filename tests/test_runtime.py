@@ -108,3 +108,17 @@ def test_cpu_sessions_run_without_the_skip_layer_norm_fusion(classify_bundle: Pa
 
     assert "SkipLayerNormalization" in fused_ops(())  # the name below is the fusion this ONNX Runtime runs
     assert "SkipLayerNormalization" not in fused_ops(CPU_DISABLED_OPTIMIZERS)
+
+
+def test_a_gpu_session_that_falls_back_to_the_cpu_is_an_error(classify_bundle: Path) -> None:
+    # ONNX Runtime opens the session on the CPU, with at most a warning, when the provider asked for
+    # cannot start: here it is not in this build; on a GPU build, no GPU or no CUDA libraries
+    import warnings
+
+    from edgebert.runtime.backends import BACKENDS, BackendError, SessionOptions
+
+    for device, provider in (("gpu", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        with warnings.catch_warnings(), pytest.raises(BackendError) as raised:
+            warnings.simplefilter("ignore")
+            BACKENDS[device].open(classify_bundle / "model.onnx", SessionOptions())
+        assert f"could not start {provider} here and fell back to CPUExecutionProvider" in str(raised.value)

@@ -84,12 +84,20 @@ def _open_ort(
         options.log_severity_level = 3
         if settings.threads:
             options.intra_op_num_threads = settings.threads
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             model if isinstance(model, bytes) else str(model),
             options,
             providers=list(providers),
             disabled_optimizers=list(disabled_optimizers),
         )
+        used = session.get_providers()
+        if used[0] != providers[0]:  # ONNX Runtime falls back silently when a provider cannot start
+            raise BackendError(
+                f"ONNX Runtime could not start {providers[0]} here and fell back to {used[0]}: "
+                "check that an NVIDIA GPU is visible (nvidia-smi) and that the CUDA, cuDNN and, for "
+                "TensorRT, TensorRT libraries onnxruntime-gpu needs are installed"
+            )
+        return session
 
     return open_ort
 
@@ -265,6 +273,8 @@ def open_session(
     backend = require_backend(device)
     try:
         return backend.open(path, SessionOptions(threads, inference_precision, static_shapes))
+    except BackendError:
+        raise
     except Exception as exc:  # the runtimes raise their own untyped errors for unreadable models
         shown = "the model" if isinstance(path, bytes) else f"'{path}'"
         raise BackendError(f"{backend.description} could not load {shown}: {exc}") from exc
