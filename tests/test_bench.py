@@ -99,3 +99,12 @@ def test_fp16_model_is_validated_and_left_to_gpus(tiny_classifier: Path, tmp_pat
     assert bundle.file("fp16").stat().st_size < 0.6 * bundle.file("fp32").stat().st_size
     report = bench(str(bundle.path), BenchConfig(batch_sizes=(1,), seq_lens=(8,), timing=QUICK, save=False))
     assert [r["model"] for r in report["results"]] == ["fp32"]  # ONNX Runtime CPU has no fast fp16
+
+
+def test_a_gpu_run_times_fp32_and_says_why_not_int8(classify_bundle: Path) -> None:
+    from edgebert.benchmarks import GPU_INT8, _subjects
+    from edgebert.bundle import Bundle
+
+    subjects, skipped = _subjects(Bundle.load(classify_bundle), BenchConfig(devices=("gpu",)))
+    assert [(s.model, s.device) for s in subjects.values()] == [("fp32", "gpu")]
+    assert skipped == [f"gpu:int8: {GPU_INT8}"] and "TensorRT does not run" in GPU_INT8
