@@ -35,9 +35,9 @@ __all__ = ["BenchConfig", "Timing", "bench"]
 log = logging.getLogger("edgebert")
 GPU_INT8 = (
     "ONNX Runtime's CUDA provider has no INT8 kernels for these models, and TensorRT, the GPU INT8 "
-    "path, runs QuantizeLinear/DequantizeLinear graphs: edgebert's INT8 models are lowered to ONNX "
-    "Runtime's CPU INT8 operators (MatMulIntegerToFloat, DynamicQuantizeMatMul), which TensorRT "
-    "does not run, so they are not timed on a GPU"
+    "path, runs QuantizeLinear/DequantizeLinear graphs: edgebert's INT8 models are made of ONNX "
+    "Runtime's CPU INT8 operators (MatMulIntegerToFloat; MatMulInteger after DynamicQuantizeLinear "
+    "for dynamic INT8), which TensorRT does not run, so they are not timed on a GPU"
 )
 
 
