@@ -1,0 +1,48 @@
+"""A smaller student of the reference SST-2 classifier, distilled by edgebert, for
+`benchmarks/peers.py --student`.
+
+    .venv/bin/python benchmarks/student.py [--layers 5] [--epochs 2] --out DIR
+
+SST-2 train is split (seed 0) into 2,000 sentences held out, on which `edgebert distill` picks its
+best epoch, and the rest, which it trains on: SST-2 dev, where peers.py measures accuracy, plays no
+part in making the student. The student keeps evenly spaced layers of the teacher (the first
+included) and learns from the teacher's soft targets and the labels (edgebert distill's defaults).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from calibration import subject_parser  # benchmarks/calibration.py
+
+HELD_OUT = 2000
+
+
+def main() -> None:
+    parser = subject_parser(__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=5, help="Teacher layers the student keeps.")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--out", required=True, help="Student checkpoint directory to write.")
+    args = parser.parse_args()
+    lines = Path(args.calibration).read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:]
+    held = set(random.Random(0).sample(range(len(rows)), HELD_OUT))
+    with tempfile.TemporaryDirectory() as tmp:
+        train, choose = Path(tmp) / "train.tsv", Path(tmp) / "held-out.tsv"
+        for path, part in (
+            (train, [r for i, r in enumerate(rows) if i not in held]),
+            (choose, [rows[i] for i in sorted(held)]),
+        ):
+            path.write_text("\n".join([header, *part]) + "\n", encoding="utf-8")
+        distill = ["distill", "--teacher", args.model, "--data", str(train), "--eval", str(choose)]
+        options = ["--epochs", str(args.epochs), "--student-layers", str(args.layers)]
+        command = [sys.executable, "-m", "edgebert.cli", *distill, *options, "--out", args.out, "--force"]
+        subprocess.run([*command, "--json"], check=True)
+
+
+if __name__ == "__main__":
+    main()
