@@ -26,6 +26,14 @@ def requires_shared(*parts: str) -> Path:
     return path
 
 
+def requires_no_cuda_provider() -> None:
+    """Skip a test of what happens without a GPU where onnxruntime-gpu's CUDA provider is installed."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("ONNX Runtime here has a CUDA provider: this test is for machines without one")
+
+
 def assert_torch_free(statement: str) -> None:
     """Run ``statement`` in a fresh interpreter and fail if torch (or another heavy library) was
     imported by it."""

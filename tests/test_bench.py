@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import requires_no_cuda_provider
 from edgebert.benchmarks import BenchConfig, Timing, bench
 from edgebert.benchmarks.latency import latency_stats, noisy
 from edgebert.benchmarks.report import pareto
@@ -66,6 +67,7 @@ def test_bench_refuses_bad_requests(classify_bundle: Path) -> None:
         bench(str(classify_bundle), BenchConfig(seq_lens=(4096,), timing=QUICK, save=False))
     with pytest.raises(EdgebertError, match="no fp16 model"):
         bench(str(classify_bundle), BenchConfig(precisions=("fp16",), timing=QUICK, save=False))
+    requires_no_cuda_provider()
     with pytest.raises(BackendError, match="no CUDA device visible"):
         bench(str(classify_bundle), BenchConfig(devices=("gpu",), timing=QUICK, save=False))
 

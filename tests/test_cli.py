@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import requires_no_cuda_provider
 from edgebert.cli import main
 
 FAST = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1", "--threads", "1", "--no-save"]
@@ -93,6 +94,7 @@ def test_errors_are_one_line(args: list[str], code: int, message: str) -> None:
 
 
 def test_bench_gpu_without_cuda(classify_bundle: Path) -> None:
+    requires_no_cuda_provider()
     code, _, stderr = run("bench", str(classify_bundle), "--device", "gpu", *FAST)
     assert code == 1
     assert "no CUDA device visible: install edgebert[gpu] on a machine with an NVIDIA GPU" in stderr

@@ -96,9 +96,35 @@ def test_two_processes_with_gloo(tiny_classifier: Path, files: tuple[str, str], 
     assert json.loads((out / "training_summary.json").read_text())["processes"] == 2
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_mixed_precision_needs_a_gpu(tiny_classifier: Path, files: tuple[str, str], tmp_path: Path) -> None:
+    if _cuda():
+        pytest.skip("a CUDA GPU is visible: test_mixed_precision_on_a_gpu runs instead")
     arguments = ["train", "--data", files[0], "--eval", files[1], "-m", str(tiny_classifier)]
     result = CliRunner().invoke(main, [*arguments, "-o", str(tmp_path / "m"), "--precision", "fp16"])
     assert result.exit_code == 1
     assert "--precision fp16 needs a CUDA GPU and none is visible" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_a_gpu(
+    tiny_classifier: Path, files: tuple[str, str], tmp_path: Path, precision: str
+) -> None:
+    if not _cuda():
+        pytest.skip("needs a CUDA GPU (none is visible)")
+    from edgebert.exporter import ExportConfig, export
+
+    options = {**_options(tiny_classifier, files), "epochs": 1, "batch_size": 32, "precision": precision}
+    summary = train(tmp_path / "m", TrainConfig(**options))  # type: ignore[arg-type]
+    assert summary["precision"] == precision and summary["steps"] == 384 // 32
+    assert 0 <= summary["history"][0]["dev_accuracy"] <= 1
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}  # autocast, fp32 master weights
+    bundle = export(tmp_path / "b", ExportConfig(model=str(tmp_path / "m")))  # on the CPU, vs torch
+    assert bundle.manifest.artifacts["fp32"].validation["max_abs_diff"] < 1e-4

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_torch_free
+from conftest import assert_torch_free, requires_no_cuda_provider
 from edgebert.errors import InputError
 from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
@@ -117,6 +117,7 @@ def test_a_gpu_session_that_falls_back_to_the_cpu_is_an_error(classify_bundle: P
 
     from edgebert.runtime.backends import BACKENDS, BackendError, SessionOptions
 
+    requires_no_cuda_provider()
     for device, provider in (("gpu", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
         with warnings.catch_warnings(), pytest.raises(BackendError) as raised:
             warnings.simplefilter("ignore")
