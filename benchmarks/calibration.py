@@ -130,9 +130,8 @@ def plain_dynamic(base: Path, work: Path) -> tuple[Path, dict[str, float]]:
 
     began = time.perf_counter()
     model = work / "ort-dynamic.onnx"
-    _quantize_dynamic(
-        base / "model.onnx", model, QuantizeConfig(), exclude=[]
-    )  # per-channel s8, nothing in float
+    # per-channel s8 weights, nothing in float
+    _quantize_dynamic(base / "model.onnx", model, QuantizeConfig(), exclude=[])
     seconds = time.perf_counter() - began
     made_by = {"tool": "onnxruntime.quantization.quantize_dynamic", "method": "dynamic"}
     return wrap(base, work / "ort-dynamic", {"int8": model}, made_by), {"seconds": seconds}

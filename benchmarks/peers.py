@@ -81,9 +81,10 @@ def main() -> None:
             for label, (path, model, device, hint) in bundles.items()
         }
         rows = quality(subjects, args.dev, skip_accuracy=args.bert_base)
-        for label in rows:
-            if "student" in label:  # batch 8's work scales with the layers
-                rows[label]["gop_b8"] = GOP_B8 * layers(args.student) / layers(args.model)
+        if args.student:  # batch 8's work scales with the layers
+            student_gop = GOP_B8 * layers(args.student) / layers(args.model)
+            for label in (k for k in rows if "student" in k):
+                rows[label]["gop_b8"] = student_gop
         texts = read_examples(args.dev, labeled=False).texts[:REAL_TEXTS]
         shapes: list[Any] = [(1, 128), (8, 128), ("real", tuple(texts))]
         peaks = [gemm_peak_tops(args.threads)]  # the batch-8 target's yardstick, before and after
