@@ -37,11 +37,11 @@ def session(path: Path, threads: int, disabled: tuple[str, ...]) -> Any:
     )
 
 
-def main() -> None:
-    args = subject_parser(__doc__.splitlines()[0]).parse_args()
-    texts = read_examples(args.dev).texts[:300]
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in ("dynamic", "distill"):
+def int8_bundles(args: argparse.Namespace, where: Path) -> None:
+    """The model exported with dynamic and with distill INT8 into ``where``/dynamic and
+    ``where``/distill, each unless already there."""
+    for method in ("dynamic", "distill"):
+        if not (where / method).is_dir():
             config = ExportConfig(
                 model=args.model,
                 quantize="int8",
@@ -49,7 +49,14 @@ def main() -> None:
                 calibration_data=args.calibration,
                 calibration_samples=args.samples,
             )
-            export(Path(tmp) / method, config)
+            export(where / method, config)
+
+
+def main() -> None:
+    args = subject_parser(__doc__.splitlines()[0]).parse_args()
+    texts = read_examples(args.dev).texts[:300]
+    with tempfile.TemporaryDirectory() as tmp:
+        int8_bundles(args, Path(tmp))
         models = {
             "fp32": Path(tmp) / "dynamic" / "model.onnx",
             "dynamic INT8": Path(tmp) / "dynamic" / "model.int8.onnx",

@@ -123,3 +123,29 @@ def test_a_gpu_session_that_falls_back_to_the_cpu_is_an_error(classify_bundle: P
             warnings.simplefilter("ignore")
             BACKENDS[device].open(classify_bundle / "model.onnx", SessionOptions())
         assert f"could not start {provider} here and fell back to CPUExecutionProvider" in str(raised.value)
+
+
+def test_int8_products_are_exact_on_every_cpu() -> None:
+    # u8 255 times s8 127 in every position: where ONNX Runtime's default kernels add neighbouring
+    # products in saturating 16 bits (x86 without VNNI) each pair gives 32,767 instead of 64,770
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgebert.runtime.backends import open_session, u8s8_saturates
+
+    inner = 64
+    weights = np.full((inner, 16), 127, np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "products",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, inner])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 16])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    feeds = {"a": np.full((4, inner), 255, np.uint8)}
+    exact = feeds["a"].astype(np.int64) @ weights.astype(np.int64)
+
+    plain = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert u8s8_saturates() == (not np.array_equal(plain, exact))  # the CPU check matches the kernels
+    np.testing.assert_array_equal(open_session(model, "cpu").run(None, feeds)[0], exact)

@@ -28,6 +28,7 @@ from edgebert.data import encode_labels, read_examples
 from edgebert.errors import BundleError, EdgebertError
 from edgebert.fidelity import fidelity
 from edgebert.runtime import BACKENDS, require_backend
+from edgebert.runtime.backends import openvino_default_precision
 from edgebert.samples import SENTENCES
 
 __all__ = ["BenchConfig", "Timing", "bench"]
@@ -128,8 +129,8 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
 
 def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], list[str]]:
     """What runs where: each target's models, OpenVINO's both at f32 and at its default precision
-    (bf16 on CPUs with AVX-512 BF16; for an INT8 model, what its unquantized operations compute in),
-    and why a model a target cannot run was left out."""
+    where that is not f32 (bf16 on CPUs with AVX-512 BF16; for an INT8 model, what its unquantized
+    operations compute in), and why a model a target cannot run was left out."""
     models = bundle.models()
     wanted = config.precisions or tuple(models)
     missing = [p for p in wanted if p not in models and f"openvino-{p}" not in models]
@@ -147,7 +148,8 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
             if device == "gpu" and art.precision == "int8":
                 skipped.append(f"gpu:{name}: {GPU_INT8}")
                 continue
-            if device == "openvino" and art.precision in ("fp32", "int8"):
+            both = device == "openvino" and openvino_default_precision() != "f32"
+            if both and art.precision in ("fp32", "int8"):
                 subjects[f"openvino:{name}@f32"] = Subject(bundle.path, name, device, "f32")
             subjects[f"{device}:{name}"] = Subject(bundle.path, name, device)
             if device == "openvino" and art.precision == "int8" and config.static_shapes:

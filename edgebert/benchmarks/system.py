@@ -6,6 +6,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from edgebert.runtime.backends import cpu_flags, u8s8_saturates
+
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
 
 
@@ -17,10 +19,12 @@ def system_info() -> dict[str, Any]:
 
     from edgebert import __version__
 
-    model, flags = _cpu()
+    flags = cpu_flags() or frozenset()
     return {
-        "cpu": model,
+        "cpu": _cpu_model(),
         "instruction_sets": [f for f in _FLAGS if f in flags],
+        # no VNNI: ONNX Runtime's u8 x s8 INT8 kernels would saturate, so sessions use its u8 x u8 ones
+        "onnxruntime_int8_kernels": "u8 x u8" if u8s8_saturates() else "u8 x s8",
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
@@ -35,15 +39,11 @@ def system_info() -> dict[str, Any]:
     }
 
 
-def _cpu() -> tuple[str, set[str]]:
+def _cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return platform.processor() or platform.machine(), set()
-    model, flags = "", set[str]()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not model:
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model or platform.machine(), flags
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    return platform.processor() or platform.machine()

@@ -3,6 +3,8 @@ a hint for when it is missing. No torch, no transformers; openvino is imported o
 
 from __future__ import annotations
 
+import functools
+import platform
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -74,6 +76,34 @@ def _openvino_available() -> bool:
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (``avx2``, ``avx512_vnni``...) from /proc/cpuinfo; None where that
+    cannot be read (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def u8s8_saturates() -> bool:
+    """Whether ONNX Runtime's default INT8 kernels on this CPU give wrong products. On x86 CPUs
+    without VNNI they multiply u8 activations by s8 weights with PMADDUBSW, which adds each pair of
+    neighbouring products in 16 bits and clamps (255 × 127 × 2 = 64,770 becomes 32,767), so an
+    INT8 model answers differently there than on a CPU with VNNI. Where they do, edgebert's
+    sessions ask for ONNX Runtime's u8 × u8 kernels (``session.x64quantprecision``), which are
+    exact. An x86 CPU whose features cannot be read is taken to lack VNNI: exact first."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return False  # the option is x86's alone: elsewhere ONNX Runtime's INT8 kernels sum in 32 bits
+    flags = cpu_flags()
+    return flags is None or not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def _open_ort(
     providers: tuple[str, ...], disabled_optimizers: tuple[str, ...] = ()
 ) -> Callable[[Path | bytes, SessionOptions], Any]:
@@ -84,6 +114,8 @@ def _open_ort(
         options.log_severity_level = 3
         if settings.threads:
             options.intra_op_num_threads = settings.threads
+        if u8s8_saturates():
+            options.add_session_config_entry("session.x64quantprecision", "1")
         session = ort.InferenceSession(
             model if isinstance(model, bytes) else str(model),
             options,
@@ -191,6 +223,15 @@ class _Compiled:
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
         return request
+
+
+@functools.cache
+def openvino_default_precision() -> str:
+    """What OpenVINO's CPU plugin computes float operations in when not told: ``bf16`` on CPUs with
+    AVX-512 BF16 or AMX, else ``f32``."""
+    import openvino as ov
+
+    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string())
 
 
 def _open_openvino(model: Path | bytes, settings: SessionOptions) -> Any:
