@@ -40,24 +40,26 @@ def main() -> None:
         work = Path(args.work or tmp)
         int8_bundles(args, work)
         fp32 = Predictor(work / "distill", precision="fp32")
-        reference = np.concatenate([fp32.outputs([text])[0] for text in dev.texts]).argmax(-1)
-        gold = np.asarray(encode_labels(dev, fp32.labels))
+        sentences = [fp32.encode([text])[0] for text in dev.texts]  # each dev sentence alone
         output = fp32.bundle.manifest.output_name
+        reference = np.concatenate([fp32.session.run([output], f)[0] for f in sentences]).argmax(-1)
+        gold = np.asarray(encode_labels(dev, fp32.labels))
         workloads = {
             "b1": [synthetic_feeds(fp32.tokenizer, 1, 128)],
             "b8": [synthetic_feeds(fp32.tokenizer, 8, 128)],
-            "real": [fp32.encode([text])[0] for text in dev.texts[:300]],
+            "real": sentences[:300],
         }
         sessions = {}
         for method in ("dynamic", "distill"):
+            bundle = Bundle.load(work / method)
             # the Predictor's two graphs: fused attention for small calls (batch 1), the other for batch 8
             for graph in ("int8-fused", "int8"):
-                path = Bundle.load(work / method).file(graph)
+                path = bundle.file(graph)
                 sessions[method, graph, KERNELS[0]] = session(path, args.threads, CPU_DISABLED_OPTIMIZERS)
                 sessions[method, graph, KERNELS[1]] = open_session(path, "cpu", threads=args.threads)
         for (method, graph, kernels), sess in sessions.items():
             if graph == "int8-fused":
-                outputs = [sess.run([output], fp32.encode([text])[0])[0] for text in dev.texts]
+                outputs = [sess.run([output], feeds)[0] for feeds in sentences]
                 predicted = np.concatenate(outputs).argmax(-1)
                 rows[f"{method} INT8, {kernels} kernels"] = {
                     "accuracy": float(np.mean(predicted == gold)),

@@ -83,11 +83,10 @@ def caption(report: dict[str, Any]) -> str:
 
 def title(report: dict[str, Any]) -> str:
     system = report["system"]
-    kernels = system.get("onnxruntime_int8_kernels")  # absent from reports of earlier versions
     return (
         f"{report['task']} bundle on {', '.join(report['devices'])} · {system['cpu']} "
-        f"({', '.join(system['instruction_sets']) or 'no AVX-512/VNNI'}) · threads: {report['threads']}"
-        + (f" · ONNX Runtime INT8 kernels: {kernels}" if kernels else "")
+        f"({', '.join(system['instruction_sets']) or 'no AVX-512/VNNI'}) · threads: {report['threads']} "
+        f"· ONNX Runtime INT8 kernels: {system['onnxruntime_int8_kernels']}"
     )
 
 

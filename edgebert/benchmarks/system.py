@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 from typing import Any
 
-from edgebert.runtime.backends import cpu_flags, u8s8_saturates
+from edgebert.runtime.backends import cpu_flags, cpu_info, u8s8_saturates
 
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
 
@@ -40,10 +39,7 @@ def system_info() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
+    info = cpu_info()
+    if info:
+        return info.get("model name") or platform.machine()
     return platform.processor() or platform.machine()

@@ -77,18 +77,24 @@ CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags (``avx2``, ``avx512_vnni``...) from /proc/cpuinfo; None where that
-    cannot be read (not Linux)."""
+def cpu_info() -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (``model name``, ``flags``...); empty where
+    that cannot be read (not Linux)."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return None
+        return {}
+    info: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return None
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (``avx2``, ``avx512_vnni``...); None where they cannot be read."""
+    flags = cpu_info().get("flags")
+    return None if flags is None else frozenset(flags.split())
 
 
 def u8s8_saturates() -> bool:
