@@ -10,7 +10,9 @@ and, if the writer died between the two renames of a swap, puts the old director
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edgebert.errors import EdgebertError
+
+log = logging.getLogger("edgebert")
 
 # Run by the guard process: wait for EOF on stdin, then restore or clean up.
 _GUARD = """
@@ -45,6 +49,7 @@ def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp's 0600 would keep other users out of a bundle
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -87,20 +92,51 @@ def staging(
                 copy = shutil.copytree if item.is_dir() else shutil.copy2
                 copy(item, stage / item.name)
         yield stage
-        _fsync_tree(stage)
+        _settle(stage)
+        cwd = _cwd_within(target)
         if target.exists():
             os.replace(target, old)
         os.replace(stage, target)
         _fsync_dir(target.parent)
+        if cwd is not None:  # this process's current directory keeps its path: now in the new copy
+            os.chdir(cwd if cwd.is_dir() else target)
+            log.warning(
+                "'%s' was replaced by its new copy: a shell whose current directory is inside it still "
+                'sees the old one, removed, until it runs cd "$PWD"',
+                target,
+            )
     finally:
         assert guard.stdin is not None
         guard.stdin.close()  # the guard removes the staging directory and any old copy
         guard.wait(timeout=60)
 
 
-def _fsync_tree(root: Path) -> None:
+@functools.cache
+def file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask (where mkstemp, onnx's external data and
+    safetensors give 0600). Read once: reading the umask means setting it for a moment."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _cwd_within(target: Path) -> Path | None:
+    """The current directory, if it is ``target`` or inside it."""
+    try:
+        cwd = Path.cwd()
+    except FileNotFoundError:  # already removed
+        return None
+    real = target.resolve()
+    return cwd if cwd == real or real in cwd.parents else None
+
+
+def _settle(root: Path) -> None:
+    """Give every file under ``root`` the mode of a new file, readable by whoever may read the
+    directory, and flush it to disk."""
+    mode = file_mode()
     for path in root.rglob("*"):
         if path.is_file():
+            os.chmod(path, mode)
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
 

@@ -137,17 +137,48 @@ def read_manifest(path: Path) -> Manifest:
         raise BundleError(
             f"'{path / MANIFEST}' is not a valid manifest ({exc}): re-export the bundle"
         ) from exc
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"'{path / MANIFEST}' has format version {version!r}, not a number: re-export")
+    if version > FORMAT_VERSION:
         raise BundleError(
             f"bundle '{path}' has format version {version}, newer than this edgebert reads "
             f"({FORMAT_VERSION}): upgrade edgebert (pip install -U edgebert)"
         )
     try:
-        return Manifest.from_dict(migrate(data))
-    except (KeyError, TypeError) as exc:
+        manifest = Manifest.from_dict(migrate(data))
+    except (KeyError, TypeError, AttributeError) as exc:
         raise BundleError(
             f"'{path / MANIFEST}' is missing a field or has an unknown one ({exc}): re-export"
         ) from exc
+    wrong = _malformed(manifest)
+    if wrong:
+        raise BundleError(f"'{path / MANIFEST}' is not a valid manifest ({wrong}): re-export the bundle")
+    return manifest
+
+
+def _malformed(manifest: Manifest) -> str | None:
+    """What is wrong with a manifest whose fields are all there (a hand edit, say), or None."""
+    classify = manifest.task == "classify"
+    if manifest.task not in ("classify", "embed"):
+        return f"task {manifest.task!r} is neither classify nor embed"
+    if classify and not (
+        manifest.labels and len(manifest.labels) >= 2 and all(isinstance(x, str) for x in manifest.labels)
+    ):
+        return "a classifier needs two labels or more"
+    if not isinstance(manifest.max_length, int) or not 2 <= manifest.max_length <= 8192:
+        return f"max_length {manifest.max_length!r} is not a number of tokens"
+    if not all(isinstance(v, str) for v in (manifest.output, manifest.output_name)):
+        return "output and output_name must be names"
+    for name, art in manifest.artifacts.items():
+        if not (
+            isinstance(art.file, str) and isinstance(art.made_by, dict) and isinstance(art.validation, dict)
+        ):
+            return f"artifact {name!r} has a field of the wrong type"
+        if art.kind == "graph" and not isinstance(art.made_by.get("up_to_tokens"), int):
+            return f"artifact {name!r} does not say up to how many tokens it runs (up_to_tokens)"
+    if "tokenizer" not in manifest.artifacts:
+        return "it lists no tokenizer"
+    return None
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

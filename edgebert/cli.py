@@ -21,12 +21,15 @@ from edgebert.cli_common import (
     BUNDLE,
     DEFAULT_BUNDLE,
     JSON,
+    OutputDir,
     calibration_options,
     console,
     errors,
     explained,
+    given,
     ints,
     print_json,
+    refuse_ignored,
 )
 from edgebert.cli_training import distill, pretrain, train
 from edgebert.tables import bundle_table, predictions_table
@@ -78,7 +81,7 @@ def main(quiet: bool) -> None:
 @click.option(
     "--out",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputDir(),
     default=DEFAULT_BUNDLE,
     show_default=True,
     help="Bundle directory to create.",
@@ -98,6 +101,7 @@ def export(out: Path, as_json: bool, **options: Any) -> None:
     from edgebert.exporter import ExportConfig
     from edgebert.exporter import export as run_export
 
+    refuse_ignored(options)
     _show_bundle(run_export(out, ExportConfig(**options)), as_json)
 
 
@@ -128,6 +132,7 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     from edgebert.quantizer import QuantizeConfig
     from edgebert.quantizer import quantize as run_quantize
 
+    refuse_ignored(options)
     config = QuantizeConfig(method=options.pop("calibration"), **options)
     _show_bundle(run_quantize(bundle, config), as_json)
 
@@ -141,7 +146,8 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     show_default=True,
     help="Comma-separated targets, measured in one run: cpu (ONNX Runtime CPU), openvino (OpenVINO "
     "CPU: the IR models, each at f32 and at OpenVINO's default precision), gpu (ONNX Runtime "
-    "CUDA: fp32, fp16; needs edgebert[gpu] and an NVIDIA GPU).",
+    "CUDA: fp32, fp16; needs edgebert[gpu] and an NVIDIA GPU), tensorrt (ONNX Runtime's TensorRT "
+    "provider, where installed).",
 )
 @click.option(
     "--data",
@@ -154,9 +160,7 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
 @click.option(
     "--seq-len",
     "seq_lens",
-    default="128",
-    show_default=True,
-    help="Comma-separated sequence lengths (tokens).",
+    help="Comma-separated sequence lengths (tokens). Default: 128, or the bundle's max_length if shorter.",
 )
 @click.option(
     "--real-text",
@@ -198,7 +202,7 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
 @click.option(
     "--report",
     "report_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputDir(),
     help="Also write report.json, report.csv, report.md and latency-vs-accuracy plots (PNG, Pareto "
     "front marked) into this directory.",
 )
@@ -210,7 +214,7 @@ def bench(
     devices: str,
     data: str | None,
     batch_sizes: str,
-    seq_lens: str,
+    seq_lens: str | None,
     real_text: bool,
     static_shapes: int,
     precisions: str | None,
@@ -226,11 +230,21 @@ def bench(
     from edgebert.benchmarks import BenchConfig, Timing
     from edgebert.benchmarks import bench as run_bench
     from edgebert.benchmarks.report import render, write_report
+    from edgebert.bundle import REPORTS
 
+    if real_text and given("batch_sizes"):
+        raise click.BadParameter("--real-text times one text per call", param_hint="--batch-size")
+    if report_dir is not None:  # the bundle holds only what its manifest lists, and reports/
+        inside, reports = Path(report_dir).resolve(), (bundle / REPORTS).resolve()
+        if inside.is_relative_to(bundle.resolve()) and not inside.is_relative_to(reports):
+            raise click.BadParameter(
+                f"'{report_dir}' is inside the bundle: write it under '{bundle / REPORTS}' or outside",
+                param_hint="--report",
+            )
     config = BenchConfig(
         devices=tuple(dict.fromkeys(d.strip() for d in devices.split(","))),
         batch_sizes=ints(batch_sizes),
-        seq_lens=ints(seq_lens),
+        seq_lens=ints(seq_lens) if seq_lens else None,
         precisions=tuple(precisions.split(",")) if precisions else None,
         data=data,
         real_text=real_text,
@@ -250,7 +264,7 @@ def bench(
     for path in written:
         errors.print(f"wrote {path}")
     for line in report["skipped"] + report["warnings"]:
-        errors.print(f"warning: {line}", markup=False)
+        errors.print(f"warning: {line}")
 
 
 @main.command()
@@ -278,7 +292,12 @@ def predict(
 
     if not texts:  # one text per line on stdin; bytes that are not UTF-8 become U+FFFD
         stdin = sys.stdin.buffer.read().decode("utf-8", "replace")
-        texts = tuple(line for line in stdin.splitlines() if line.strip())
+        # lines end at \n or \r\n alone (not at the other breaks str.splitlines knows): one answer
+        # per line
+        lines = (line.removesuffix("\r") for line in stdin.split("\n"))
+        texts = tuple(line for line in lines if line.strip())
+        if not texts:
+            errors.print("warning: no texts on stdin: nothing to predict")
     items: list[Any] = list(texts)
     if pair:
         if len(items) % 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from rich.console import Console
 
 from edgebert.errors import EdgebertError
 
-console = Console()
-errors = Console(stderr=True)
+# no console markup: what edgebert prints holds users' texts, labels and paths, which may hold brackets
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 DEFAULT_BUNDLE = "bundle"
 
 
@@ -31,9 +33,24 @@ def explained(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class OutputDir(click.Path):
+    """A directory a command writes: refused before any work when a file stands in its way."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        parents = Path(os.fsdecode(path)).absolute().parents
+        blocked = next((p for p in parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            self.fail(f"'{blocked}' is a file: no directory can be made inside it", param, ctx)
+        return path
+
+
 def ints(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(","))
+        values = tuple(dict.fromkeys(int(v) for v in text.split(",")))  # each once, in order
     except ValueError:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of integers (e.g. 1,8)") from None
     return values
@@ -45,7 +62,7 @@ def print_json(data: Any) -> None:
 
 BUNDLE = click.argument("bundle", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_BUNDLE)
 JSON = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table."
+    "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table."
 )
 CALIBRATION_DATA = click.option(
     "--calibration-data",
@@ -128,6 +145,32 @@ def calibration_options(default: str) -> Callable[[Callable[..., Any]], Callable
     ]
 
     return lambda command: _stack(options, command)
+
+
+INT8_ONLY = (
+    "calibration",
+    "calibration_data",
+    "calibration_samples",
+    "target_agreement",
+    "eval_data",
+    "max_drop",
+)
+
+
+def given(name: str) -> bool:
+    """Whether the command line (or the environment) set option ``name``, rather than its default."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source is not None and source != click.core.ParameterSource.DEFAULT
+
+
+def refuse_ignored(options: dict[str, Any]) -> None:
+    """A usage error for options given that this run would not use, rather than silence."""
+    if options.get("quantize", "int8") != "int8":
+        ignored = [f"--{name.replace('_', '-')}" for name in INT8_ONLY if given(name)]
+        if ignored:
+            raise click.UsageError(f"{', '.join(ignored)}: INT8 options, for --quantize int8 only")
+    if options.get("fp16_weights") and options.get("target") != "openvino":
+        raise click.UsageError("--fp16-weights: for --target openvino only")
 
 
 def schedule_options(command: Callable[..., Any]) -> Callable[..., Any]:

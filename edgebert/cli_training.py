@@ -9,13 +9,12 @@ from typing import Any
 
 import click
 
-from edgebert.cli_common import JSON, PRECISION, console, explained, print_json, schedule_options
+from edgebert.cli_common import JSON, PRECISION, OutputDir, console, explained, print_json, schedule_options
 
 
 def checkpoint_out(**settings: Any) -> Callable[..., Any]:
     """The ``--out`` option of a training command: the checkpoint directory it writes."""
-    kind = click.Path(file_okay=False, path_type=Path)
-    return click.option("--out", "-o", type=kind, help="Checkpoint directory to write.", **settings)
+    return click.option("--out", "-o", type=OutputDir(), help="Checkpoint directory to write.", **settings)
 
 
 def report(summary: dict[str, Any], as_json: bool, line: Callable[[], str]) -> None:

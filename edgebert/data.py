@@ -58,7 +58,7 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         rows = _jsonl(path, lines)
-    elif _TREC_LINE.match(lines[first]) and "\t" not in lines[first]:
+    elif all(_TREC_LINE.match(line) and "\t" not in line for line in lines if line.strip()):
         rows = _trec(path, lines)
     else:
         rows = _delimited(path, lines, first, "," if suffix == ".csv" else None)
@@ -67,6 +67,10 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     texts = [row[1] for row in rows]
     labels = [row[2] for row in rows]
     line_numbers = [row[0] for row in rows]
+    if labeled:
+        blank = next((n for n, t in zip(line_numbers, texts, strict=True) if not has_text(t)), None)
+        if blank is not None:
+            raise DataError(f"'{path}' line {blank}: the text is empty")
     if any(label is None for label in labels):
         if labeled:
             line = line_numbers[labels.index(None)]
@@ -84,9 +88,19 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
 def label_names(labels: list[str]) -> tuple[str, ...]:
     """Sorted distinct labels: numerically when all are integers, else alphabetically."""
     distinct = set(labels)
-    if all(label.lstrip("-").isdigit() for label in distinct):
+    if all(_integer(label) for label in distinct):
         return tuple(sorted(distinct, key=int))
     return tuple(sorted(distinct))
+
+
+def has_text(text: Text) -> bool:
+    """Whether ``text`` (both texts of a pair) holds more than whitespace."""
+    return all(part.strip() for part in ((text,) if isinstance(text, str) else text))
+
+
+def _integer(label: str) -> bool:
+    """Whether ``label`` is an integer in ASCII digits (str.isdigit also takes "²", which int refuses)."""
+    return re.fullmatch(r"-?[0-9]+", label) is not None
 
 
 def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
@@ -98,7 +112,7 @@ def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
     for label, line in zip(examples.labels, examples.lines, strict=True):
         if label in index:
             ids.append(index[label])
-        elif label.isdigit() and int(label) < len(names):
+        elif _integer(label) and 0 <= int(label) < len(names):
             ids.append(int(label))
         else:
             raise DataError(
@@ -155,8 +169,16 @@ def _trec(path: Path, lines: list[str]) -> list[Row]:
 
 def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) -> list[Row]:
     head = lines[first]
-    if delimiter is None:
-        delimiter = "\t" if "\t" in head else ";" if ";" in head else "\t"
+    if delimiter is None:  # a tab in the first line; a CSV header; a ';' ending every line; else one column
+        known = _TEXT_COLUMNS + _PAIR_COLUMNS + _LABEL_COLUMNS
+        if "\t" in head:
+            delimiter = "\t"
+        elif head.count(",") and all(h.strip().lower() in known for h in head.split(",")):
+            delimiter = ","
+        elif all(";" in line for line in lines if line.strip()):
+            delimiter = ";"
+        else:
+            delimiter = "\t"
     if delimiter == ";":
         split = [line.rsplit(";", 1) for line in lines]
     else:

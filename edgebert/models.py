@@ -58,7 +58,7 @@ def resolve(model: str | None = None) -> Checkpoint:
             "and pass --model DIR"
         )
     if not path.is_dir():
-        raise ModelError(f"'{model}' is a file: --model takes a Hugging Face checkpoint directory")
+        raise ModelError(f"'{model}' is a file, not a Hugging Face checkpoint directory")
     return _load(path.resolve(), path.name)
 
 
@@ -76,7 +76,7 @@ def default_model_path() -> Path:
 def _load(path: Path, name: str) -> Checkpoint:
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ModelError(f"'{path}' has no config.json: --model takes a Hugging Face checkpoint directory")
+        raise ModelError(f"'{path}' has no config.json: it is not a Hugging Face checkpoint directory")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -89,7 +89,20 @@ def _load(path: Path, name: str) -> Checkpoint:
     if not any(path.glob("*.safetensors")):
         hint = " (pickled .bin weights are not loaded: save with safe_serialization=True)"
         raise ModelError(f"'{path}' has no .safetensors weights{hint if any(path.glob('*.bin')) else ''}")
+    for weights in path.glob("*.safetensors"):
+        _check_weights(weights)
     return Checkpoint(path, name, config, _pooling(path))
+
+
+def _check_weights(path: Path) -> None:
+    """Refuse a weights file whose safetensors header cannot be read (a truncated copy, say)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np"):
+            pass
+    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError
+        raise ModelError(f"'{path}' is not a readable safetensors file ({exc}): copy it again") from exc
 
 
 def _pooling(path: Path) -> dict[str, Any]:

@@ -72,6 +72,22 @@ def test_bench_refuses_bad_requests(classify_bundle: Path) -> None:
         bench(str(classify_bundle), BenchConfig(devices=("gpu",), timing=QUICK, save=False))
 
 
+def test_default_sequence_length_fits_the_bundle(embed_bundle: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgebert.cli import main
+
+    # exported at max_length 64: the default 128 tokens would not fit it
+    config = BenchConfig(batch_sizes=(1,), precisions=("fp32",), timing=QUICK, save=False)
+    assert {r["seq_len"] for r in bench(str(embed_bundle), config)["results"]} == {64}
+    # a batch size given twice is timed once
+    args = ["bench", str(embed_bundle), "--batch-size", "1,1", "--seq-len", "8", "--precision", "fp32"]
+    quick = ["--min-runs", "1", "--min-seconds", "0", "--warmup", "0", "--no-save", "--json"]
+    result = CliRunner().invoke(main, args + quick)
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["results"]) == 1
+
+
 def test_latency_stats_are_percentiles() -> None:
     stats = latency_stats([i / 1000 for i in range(1, 101)])
     assert stats["p50"] == pytest.approx(50.5) and stats["p99"] == pytest.approx(99.01)

@@ -4,10 +4,11 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edgebert.atomic import staging, write_json
+from edgebert.atomic import file_mode, staging, write_json
 from edgebert.bundle import FORMAT_VERSION, MANIFEST, Bundle, Manifest, read_manifest
 from edgebert.errors import BundleError, EdgebertError
 
@@ -96,6 +97,14 @@ def test_staging_replaces_only_with_consent(tmp_path: Path) -> None:
     assert (user_dir / "thesis.txt").read_text() == "precious"
 
 
+def test_bundle_files_are_readable_like_any_new_file(classify_bundle: Path) -> None:
+    # mkstemp, onnx's external data and safetensors create files 0600: a bundle must load for other users
+    mode = file_mode()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in classify_bundle.iterdir() if p.is_file()}
+    assert "model.int8.onnx.data" in modes and "manifest.json" in modes
+    assert set(modes.values()) == {mode}, modes
+
+
 def test_format_1_bundles_still_load(classify_bundle: Path, tmp_path: Path) -> None:
     """A genuine format-1 bundle (graph output named 'output', no output_name) migrates and predicts alike."""
     import hashlib
@@ -170,3 +179,38 @@ def test_nothing_is_unpickled() -> None:
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "import pickle" not in text and "torch.load(" not in text, path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(labels=["a"]), "two labels or more"),
+        (lambda m: m.update(labels=None), "two labels or more"),
+        (lambda m: m.update(artifacts=[]), "missing a field"),
+        (lambda m: m.update(max_length="abc"), "not a number of tokens"),
+        (lambda m: m.update(format_version="2"), "not a number"),
+        (lambda m: m["artifacts"]["fp32"].update(file=123), "wrong type"),
+        (lambda m: m["artifacts"].pop("tokenizer"), "no tokenizer"),
+        (lambda m: m["artifacts"]["int8-fused"]["made_by"].pop("up_to_tokens"), "up_to_tokens"),
+    ],
+)
+def test_hand_edited_manifests_are_refused(
+    classify_bundle: Path, tmp_path: Path, edit: Any, message: str
+) -> None:
+    copy = _copy(classify_bundle, tmp_path)
+    data = json.loads((copy / MANIFEST).read_text())
+    edit(data)
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(copy)
+
+
+def test_labels_that_do_not_fit_the_model_are_refused(classify_bundle: Path, tmp_path: Path) -> None:
+    from edgebert.runtime import Predictor
+
+    copy = _copy(classify_bundle, tmp_path)
+    data = json.loads((copy / MANIFEST).read_text())
+    data["labels"] = ["a", "b", "c"]
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="gives 2 scores for the 3 labels"):
+        Predictor(copy).predict(["a good film"])

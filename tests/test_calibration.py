@@ -136,6 +136,21 @@ def test_static_calibration_is_deterministic(
     assert first.manifest.artifacts["int8"].sha256 == second.manifest.artifacts["int8"].sha256
 
 
+def test_quantizing_from_inside_the_bundle(
+    fp32_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the current directory holds model.int8.onnx.data: onnx.save_model(location=...) refused that
+    out = tmp_path / "bundle"
+    shutil.copytree(fp32_bundle, out)
+    monkeypatch.chdir(out)
+    data = str(sentiment_files[0])
+    config = QuantizeConfig(method="distill", calibration_data=data, calibration_samples=32)
+    quantize(".", config)
+    assert (out / "model.int8.onnx.data").is_file()
+    quantize(".", config)  # again, over the INT8 model it made
+    assert Predictor(out, precision="int8").predict(["a good film"])[0].label is not None
+
+
 PEAK = """
 import sys
 from edgebert.quantizer import QuantizeConfig, quantize

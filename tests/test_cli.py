@@ -148,3 +148,55 @@ def test_predict_reads_undecodable_stdin(classify_bundle: Path) -> None:
     assert [r["text"] for r in json.loads(result.stdout)] == ["caf\ufffd latte", "\ufffd\ufffd ok"]
     nothing = CliRunner().invoke(main, ["predict", str(classify_bundle)], input=b"\xff\xfe\n")
     assert nothing.exit_code == 1 and "text 0 has no tokens" in nothing.stderr
+
+
+def test_predict_prints_texts_as_they_are(classify_bundle: Path) -> None:
+    texts = "[b]great[/b] movie\r\n[INST] is it good? [/INST]\na good\u2028film\x0cindeed\n\n"
+    result = CliRunner().invoke(main, ["predict", str(classify_bundle), "--json"], input=texts.encode())
+    assert result.exit_code == 0, result.stderr
+    # one answer per line: \r\n ends a line, U+2028 and form feeds do not
+    assert [r["text"] for r in json.loads(result.stdout)] == [
+        "[b]great[/b] movie",
+        "[INST] is it good? [/INST]",
+        "a good\u2028film\x0cindeed",
+    ]
+    table = CliRunner().invoke(main, ["predict", str(classify_bundle), "[b]great[/b]", "[/INST] x"])
+    assert table.exit_code == 0, table.stderr
+    assert "[b]great[/b]" in table.stdout and "[/INST] x" in table.stdout  # not read as Rich markup
+    empty = CliRunner().invoke(main, ["predict", str(classify_bundle), "--json"], input=b"\n")
+    assert empty.exit_code == 0 and json.loads(empty.stdout) == [] and "no texts on stdin" in empty.stderr
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(
+    classify_bundle: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    runner = CliRunner()
+    for args in (
+        ["export", "-o", str(blocker / "bundle")],
+        ["train", "--data", str(blocker), "-o", str(blocker / "model")],
+        ["bench", str(classify_bundle), "--report", str(blocker / "report")],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2 and "is a file: no directory can be made inside it" in result.stderr
+    # a report inside the bundle would make it fail to load: only its reports/ folder may hold one
+    inside = runner.invoke(main, ["bench", str(classify_bundle), "--report", str(classify_bundle / "mine")])
+    assert inside.exit_code == 2 and "is inside the bundle" in inside.stderr
+
+
+def test_options_a_run_would_not_use_are_refused(
+    classify_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    data = str(sentiment_files[0])
+    unquantized = runner.invoke(main, ["export", "-o", str(tmp_path / "b"), "--calibration-data", data])
+    assert unquantized.exit_code == 2 and "--calibration-data: INT8 options, for --quantize int8" in (
+        unquantized.stderr
+    )
+    fp16 = runner.invoke(main, ["quantize", str(classify_bundle), "--fp16-weights"])
+    assert fp16.exit_code == 2 and "for --target openvino only" in fp16.stderr
+    both = ["--student", "x", "--student-layers", "1", "-o", str(tmp_path / "s")]
+    distill = runner.invoke(main, ["distill", "--teacher", "x", "--data", data, "--eval", data, *both])
+    assert distill.exit_code == 1 and "does not go with --student" in distill.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()

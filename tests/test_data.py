@@ -38,6 +38,7 @@ def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
             ["a news story", "another one"],
             ["World", "Sports"],
         ),
+        ("f.txt", "sentence,label\ngood movie,1\nbad movie,0\n", ["good movie", "bad movie"], ["1", "0"]),
     ],
 )
 def test_formats(tmp_path: Path, name: str, content: str, texts: list[str], labels: list[str]) -> None:
@@ -74,6 +75,7 @@ def test_trec_latin1(tmp_path: Path) -> None:
         ("sentence\tlabel\ngood\t1\nbad\t0\textra\n", "line 3 has 3 columns"),
         ("sentence\tlabel\ngood\t1\nbad\t\n", "line 3 has no label"),
         ("a\tb\tc\n", "no header"),
+        ("sentence\tlabel\ngood\t1\n \t0\n", "line 3: the text is empty"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, content: str, message: str) -> None:
@@ -88,6 +90,17 @@ def test_labels_by_name_or_index(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="line 2: unknown label 'neutral'"):
         encode_labels(bad, ("negative", "positive"))
     assert label_names(["10", "2", "1"]) == ("1", "2", "10")
+    odd = read_examples(_write(tmp_path, "c.tsv", "sentence\tlabel\nx\t\u00b2\n"))  # isdigit, not int
+    with pytest.raises(DataError, match="line 2: unknown label"):
+        encode_labels(odd, ("negative", "positive"))
+
+
+def test_plain_text_is_one_text_a_line(tmp_path: Path) -> None:
+    # a ';' or a 'WORD:word' in the first line alone makes neither a ';'-separated nor a TREC file
+    plain = "a fine film; really\nNOTE:this is text\nthe end\n"
+    examples = read_examples(_write(tmp_path, "plain.txt", plain), labeled=False)
+    assert examples.texts == ["a fine film; really", "NOTE:this is text", "the end"]
+    assert examples.labels is None
 
 
 @pytest.mark.parametrize(

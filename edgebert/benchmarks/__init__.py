@@ -41,6 +41,9 @@ GPU_INT8 = (
     "for dynamic INT8), which TensorRT does not run, so they are not timed on a GPU"
 )
 
+CPU_FP16 = "an fp16 model is for GPUs: bench times it with --device gpu"
+DEFAULT_SEQ_LEN = 128  # tokens, unless the bundle's max_length is shorter
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -48,12 +51,13 @@ class BenchConfig:
     reads. ``precisions``: model names (on openvino, ``int8`` means ``openvino-int8``). ``data``: a
     labeled file for accuracy (agreement alone without labels; the built-in sentences without it).
     ``real_text``: time the ``data`` texts one at a time at their own lengths, tokenization included,
-    instead of synthetic batches of ``batch_sizes`` x ``seq_lens``. ``static_shapes``: OpenVINO's
+    instead of synthetic batches of ``batch_sizes`` x ``seq_lens`` (by default 128 tokens, or the
+    bundle's ``max_length`` where that is shorter). ``static_shapes``: OpenVINO's
     INT8 models run a second time with shape-specialised compiled models (see ``OpenVINOSession``)."""
 
     devices: tuple[str, ...] = ("cpu",)
     batch_sizes: tuple[int, ...] = (1, 8)
-    seq_lens: tuple[int, ...] = (128,)
+    seq_lens: tuple[int, ...] | None = None
     precisions: tuple[str, ...] | None = None
     data: str | None = None
     real_text: bool = False
@@ -70,15 +74,16 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
     for device in config.devices:
         require_backend(device)
     subjects, skipped = _subjects(bundle, config)
-    too_long = [s for s in config.seq_lens if not 2 <= s <= bundle.manifest.max_length]
-    if too_long or not config.batch_sizes or min(config.batch_sizes) < 1:
+    seq_lens = config.seq_lens or (min(DEFAULT_SEQ_LEN, bundle.manifest.max_length),)
+    too_long = [s for s in seq_lens if not 2 <= s <= bundle.manifest.max_length]
+    if (too_long and not config.real_text) or not config.batch_sizes or min(config.batch_sizes) < 1:
         raise EdgebertError(
             f"--seq-len must be 2..{bundle.manifest.max_length} (the bundle's max_length) "
             "and --batch-size at least 1"
         )
     texts, labels = _quality_data(bundle, config)
     quality = _quality(bundle, subjects, texts, labels)
-    shapes: list[Shape] = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
+    shapes: list[Shape] = [(b, s) for b in config.batch_sizes for s in seq_lens]
     if config.real_text:
         shapes = [("real", tuple(texts))]
     log.info("timing %s, taking turns, on %s", ", ".join(subjects), _describe(shapes))
@@ -144,6 +149,8 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
         for name, art in models.items():
             named = name in wanted or (device == "openvino" and name.removeprefix("openvino-") in wanted)
             if not named or not _runs_on(device, name, art.file, art.precision, models):
+                if named and device == "cpu" and art.precision == "fp16":
+                    skipped.append(f"cpu:{name}: {CPU_FP16}")
                 continue
             if device == "gpu" and art.precision == "int8":
                 skipped.append(f"gpu:{name}: {GPU_INT8}")

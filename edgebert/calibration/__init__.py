@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -200,6 +201,23 @@ def _integer_matmuls(path: Path) -> None:
     if all(o.domain != "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
+
+
+def save_external(model: Any, path: Path, weights: str | None = None) -> None:
+    """Save ``model`` with its tensors of 1 KB and more in file ``weights`` beside it (by default
+    ``path`` + ``.data``), written tensor by tensor: no serialized copy of the whole model in memory
+    (417 MB for a bert-base). Not ``onnx.save_model(..., location=weights)``, which refuses when a
+    file named ``weights`` is in the current directory (onnx 1.23 looks there, not beside the model):
+    any INT8 bundle, for a user quantizing from inside one."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    weights = weights or path.name + ".data"
+    (path.parent / weights).unlink(missing_ok=True)  # onnx appends to the file
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= 1024:
+            set_external_data(tensor, weights)
+    onnx.save_model(model, str(path))
 
 
 def _copied(name: str, producer: dict[str, Any]) -> str:

@@ -305,10 +305,11 @@ def _share_weights(model: Any, path: Path, other: Any, weights: str) -> None:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
+    from edgebert.calibration import save_external
+
     own = {t.name: t.SerializeToString() for t in model.graph.initializer}
     common = [t for t in other.graph.initializer if own.get(t.name) == t.SerializeToString()]
-    (path.parent / weights).unlink(missing_ok=True)  # onnx appends to the file
-    onnx.save(model, str(path), save_as_external_data=True, location=weights, size_threshold=1024)
+    save_external(model, path, weights)
     stored = {t.name: t for t in model.graph.initializer if uses_external_data(t)}
     for tensor in (t for t in common if t.name in stored):
         tensor.ClearField("raw_data")

@@ -18,9 +18,10 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from edgebert.calibration import save_external
 
 FFN_OUTPUT = re.compile(r"layer\.(\d+)/output/dense/MatMul")
 SUFFIX = "/smoothed"
@@ -72,7 +73,7 @@ def channel_ranges(
     with tempfile.TemporaryDirectory(prefix=".channels-", dir=model_path.parent) as tmp:
         model = onnx.load(str(model_path))
         model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
-        save(model, Path(tmp) / "channels.onnx")
+        save_external(model, Path(tmp) / "channels.onnx")
         del model
         session = ort.InferenceSession(str(Path(tmp) / "channels.onnx"), providers=["CPUExecutionProvider"])
         ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -156,12 +157,4 @@ def smooth(source: Path, target: Path, smoothing: Smoothing) -> None:
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    save(model, target)
-
-
-def save(model: Any, path: Path) -> None:
-    """Save ``model`` with its weights in a file beside it (``path`` + ``.data``), written tensor by
-    tensor: no serialized copy of the whole model in memory (417 MB for a bert-base)."""
-    import onnx
-
-    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    save_external(model, target)

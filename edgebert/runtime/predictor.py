@@ -171,6 +171,11 @@ class Predictor:
             chunk = order[start : start + batch_size]
             feeds, flags = self.encode([checked[i] for i in chunk], chunk)
             out = self.session.run([self.bundle.manifest.output_name], feeds)[0]
+            if self.task == "classify" and out.shape[-1] != len(self.labels):
+                raise BundleError(
+                    f"the {self.precision} model of '{self.bundle.path}' gives {out.shape[-1]} scores for "
+                    f"the {len(self.labels)} labels its manifest lists: re-export the bundle"
+                )
             for row, i in enumerate(chunk):
                 results[i], truncated[i] = out[row], flags[row]
         return np.stack(results), truncated

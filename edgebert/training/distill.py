@@ -35,6 +35,8 @@ class DistillConfig(Schedule):
 
 def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     """Distil ``config.teacher`` into a student trained on ``config.data``; save it at ``out``."""
+    if config.student is not None and config.student_layers is not None:
+        raise ModelError("--student-layers keeps layers of the teacher: it does not go with --student")
     train_examples, dev_examples, names = prepare(out, config)
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -94,7 +94,16 @@ def build_tokenizer(config: PretrainConfig, documents: list[list[str]]) -> Any:
     if config.vocab is not None:
         vocab = Path(config.vocab)
         if vocab.is_dir():
-            return AutoTokenizer.from_pretrained(vocab)
+            try:
+                return AutoTokenizer.from_pretrained(vocab)
+            except Exception as exc:  # transformers raises ValueError, OSError and its own
+                raise DataError(
+                    f"--vocab '{vocab}' is a directory without a tokenizer edgebert can read"
+                ) from exc
+        tokens = {line.strip() for line in vocab.read_text(encoding="utf-8", errors="replace").splitlines()}
+        missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]") if t not in tokens]
+        if missing:
+            raise DataError(f"--vocab '{vocab}' is not a BERT vocab.txt: it lacks {', '.join(missing)}")
         return BertTokenizerFast(vocab_file=str(vocab), model_max_length=config.max_length)
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     lines = [line for document in documents for line in document]
