@@ -196,6 +196,8 @@ def test_options_a_run_would_not_use_are_refused(
     )
     fp16 = runner.invoke(main, ["quantize", str(classify_bundle), "--fp16-weights"])
     assert fp16.exit_code == 2 and "for --target openvino only" in fp16.stderr
+    real = runner.invoke(main, ["bench", str(classify_bundle), "--real-text", "--batch-size", "8"])
+    assert real.exit_code == 2 and "--real-text times one text per call" in real.stderr
     both = ["--student", "x", "--student-layers", "1", "-o", str(tmp_path / "s")]
     distill = runner.invoke(main, ["distill", "--teacher", "x", "--data", data, "--eval", data, *both])
     assert distill.exit_code == 1 and "does not go with --student" in distill.stderr

@@ -147,6 +147,9 @@ def test_model_errors(tiny_embedder: Path, tmp_path: Path) -> None:
     (pickled / "pytorch_model.bin").write_bytes(b"\x80")
     with pytest.raises(ModelError, match="pickled"):
         export(tmp_path / "d", ExportConfig(model=str(pickled)))
+    (pickled / "model.safetensors").write_bytes(b"\x10" * 100)  # a truncated copy
+    with pytest.raises(ModelError, match="not a readable safetensors file"):
+        export(tmp_path / "e", ExportConfig(model=str(pickled)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt", "pickled"]
 
 

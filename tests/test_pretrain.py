@@ -133,3 +133,15 @@ def test_pretrain_refuses_bad_requests(corpus: Path, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 1 and "not divisible" in result.stderr
+
+
+def test_a_vocab_that_is_not_bert_s_is_refused(tmp_path: Path) -> None:
+    from edgebert.errors import DataError
+
+    empty = tmp_path / "vocab.txt"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"not a BERT vocab.txt: it lacks \[UNK\]"):
+        build_tokenizer(PretrainConfig(corpus="unused", vocab=str(empty)), [])
+    (tmp_path / "bundle").mkdir()
+    with pytest.raises(DataError, match="a directory without a tokenizer"):
+        build_tokenizer(PretrainConfig(corpus="unused", vocab=str(tmp_path / "bundle")), [])
