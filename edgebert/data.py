@@ -67,10 +67,9 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     texts = [row[1] for row in rows]
     labels = [row[2] for row in rows]
     line_numbers = [row[0] for row in rows]
-    if labeled:
-        blank = next((n for n, t in zip(line_numbers, texts, strict=True) if not has_text(t)), None)
-        if blank is not None:
-            raise DataError(f"'{path}' line {blank}: the text is empty")
+    blank = next((n for n, t in zip(line_numbers, texts, strict=True) if not _has_text(t)), None)
+    if blank is not None:
+        raise DataError(f"'{path}' line {blank}: the text is empty")
     if any(label is None for label in labels):
         if labeled:
             line = line_numbers[labels.index(None)]
@@ -93,7 +92,7 @@ def label_names(labels: list[str]) -> tuple[str, ...]:
     return tuple(sorted(distinct))
 
 
-def has_text(text: Text) -> bool:
+def _has_text(text: Text) -> bool:
     """Whether ``text`` (both texts of a pair) holds more than whitespace."""
     return all(part.strip() for part in ((text,) if isinstance(text, str) else text))
 
@@ -180,7 +179,7 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
         else:
             delimiter = "\t"
     if delimiter == ";":
-        split = [line.rsplit(";", 1) for line in lines]
+        split, numbers = [line.rsplit(";", 1) for line in lines], list(range(1, len(lines) + 1))
     else:
         # TSV quotes nothing (MRPC's texts hold bare double quotes); CSV uses ordinary quoting
         reader = (
@@ -188,7 +187,10 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
             if delimiter == "\t"
             else csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
         )
-        split = list(reader)
+        split, numbers = [], []  # each record, and the file line it starts on
+        for fields in reader:  # a quoted CSV field may span lines
+            numbers.append(reader.line_num - sum(f.count("\n") for f in fields))
+            split.append(fields)
     header = [h.strip().lower() for h in split[first]]
     has_header = any(h in _TEXT_COLUMNS + _PAIR_COLUMNS + _LABEL_COLUMNS for h in header)
     if not has_header:
@@ -200,7 +202,7 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
                 "add a header naming the text and label columns (e.g. 'sentence<TAB>label')"
             )
     rows: list[Row] = []
-    for number, fields in enumerate(split[first + 1 if has_header else first :], first + 1 + has_header):
+    for number, fields in list(zip(numbers, split, strict=True))[first + has_header :]:
         if not any(f.strip() for f in fields):
             continue
         if len(fields) != len(header):

@@ -40,7 +40,7 @@ from edgebert.calibration import (
 from edgebert.calibration.attention import fuse_attention, up_to_tokens
 from edgebert.calibration.search import distill_ranges
 from edgebert.calibration.smoothing import FFN_OUTPUT
-from edgebert.data import encode_labels, has_text, read_examples
+from edgebert.data import encode_labels, read_examples
 from edgebert.errors import DataError, EdgebertError, ValidationError, require
 from edgebert.fidelity import close_outputs, divergence, fidelity
 from edgebert.runtime import Predictor
@@ -241,9 +241,7 @@ def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
         )
     if config.calibration_data is None:
         return list(SENTENCES), f"{len(SENTENCES)} built-in sentences"
-    texts = [t for t in read_examples(config.calibration_data, labeled=False).texts if has_text(t)]
-    if not texts:
-        raise DataError(f"'{config.calibration_data}' has no text to calibrate on")
+    texts = read_examples(config.calibration_data, labeled=False).texts
     if len(texts) > config.calibration_samples:
         texts = random.Random(config.seed).sample(texts, config.calibration_samples)
     return texts, f"{len(texts)} texts of {config.calibration_data} (seed {config.seed})"

@@ -125,3 +125,11 @@ def test_label_column_read_as_text_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="120 distinct labels in 120 rows"):
         read_examples(_write(tmp_path, "swapped.tsv", rows))
     assert len(read_examples(_write(tmp_path, "unlabeled.tsv", rows), labeled=False)) == 120
+
+
+def test_lines_are_counted_in_the_file_across_quoted_line_breaks(tmp_path: Path) -> None:
+    content = 'text,label\n"one\ntwo\nthree",pos\nfour,neg\n"five\nsix",neg,x\n'
+    with pytest.raises(DataError, match="line 6 has 3 columns"):
+        read_examples(_write(tmp_path, "a.csv", content))
+    examples = read_examples(_write(tmp_path, "b.csv", content.rsplit('"five', 1)[0]))
+    assert examples.lines == [2, 5] and examples.texts == ["one\ntwo\nthree", "four"]
