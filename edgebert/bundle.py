@@ -99,8 +99,9 @@ class Bundle:
         return self.path / self.manifest.artifacts[name].file
 
     def models(self) -> dict[str, Artifact]:
-        """Model artifacts by name, fp32 first."""
-        models = {n: a for n, a in self.manifest.artifacts.items() if a.kind == "model"}
+        """Model artifacts by name, fp32 first. (Bundles made before calibration.json had a kind of its
+        own listed it as a model without a precision.)"""
+        models = {n: a for n, a in self.manifest.artifacts.items() if a.kind == "model" and a.precision}
         return dict(sorted(models.items(), key=lambda item: item[1].parent is not None))
 
     def graph_for(self, model: str) -> str | None:
@@ -108,6 +109,18 @@ class Bundle:
         its attention fused, run for small calls), if there is one."""
         graphs = (n for n, a in self.manifest.artifacts.items() if a.kind == "graph" and a.parent == model)
         return next(graphs, None)
+
+    def verify(self, name: str) -> None:
+        """Check artifact ``name`` and the weights it reads against the manifest again: for a model
+        opened after loading (the bundle may have been replaced since)."""
+        weights = [n for n, a in self.manifest.artifacts.items() if a.parent == name and a.kind == "weights"]
+        try:
+            for each in (name, *weights):
+                verify_artifact(self.path, each, self.manifest.artifacts[each])
+        except BundleError as exc:
+            raise BundleError(
+                f"bundle '{self.path}' changed since it was loaded ({exc}): load it again"
+            ) from exc
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:

@@ -231,10 +231,13 @@ def bench(
     from edgebert.benchmarks import bench as run_bench
     from edgebert.benchmarks.report import render, write_report
     from edgebert.bundle import REPORTS
+    from edgebert.errors import require
 
     if real_text and given("batch_sizes"):
         raise click.BadParameter("--real-text times one text per call", param_hint="--batch-size")
-    if report_dir is not None:  # the bundle holds only what its manifest lists, and reports/
+    if report_dir is not None:  # checked before the benchmark runs, not after
+        require("matplotlib", "report")
+        # the bundle holds only what its manifest lists, and reports/
         inside, reports = Path(report_dir).resolve(), (bundle / REPORTS).resolve()
         if inside.is_relative_to(bundle.resolve()) and not inside.is_relative_to(reports):
             raise click.BadParameter(
@@ -294,7 +297,11 @@ def predict(
         stdin = sys.stdin.buffer.read().decode("utf-8", "replace")
         # lines end at \n or \r\n alone (not at the other breaks str.splitlines knows): one answer
         # per line
-        lines = (line.removesuffix("\r") for line in stdin.split("\n"))
+        lines = [line.removesuffix("\r") for line in stdin.removesuffix("\n").split("\n")]
+        if pair:  # a blank line skipped would shift every pair after it
+            blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+            if blank is not None and stdin.strip():
+                raise click.BadParameter(f"stdin line {blank + 1} is empty: --pair reads two lines a pair")
         texts = tuple(line for line in lines if line.strip())
         if not texts:
             errors.print("warning: no texts on stdin: nothing to predict")

@@ -112,11 +112,20 @@ def _pooling(path: Path) -> dict[str, Any]:
         return {"mode": "mean", "normalize": False, "source": "default (no sentence-transformers config)"}
     modules = json.loads(modules_file.read_text(encoding="utf-8"))
     types = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
+    others = sorted(set(types) - {"Transformer", "Pooling", "Normalize"})
+    if others:  # a Dense layer after pooling (LaBSE), say: an export without it would embed wrongly
+        raise ModelError(
+            f"'{path}' has sentence-transformers modules edgebert does not export ({', '.join(others)}): "
+            "it exports a BERT with mean or CLS pooling and optional normalization"
+        )
     mode = "mean"
     if "Pooling" in types:
         pooling = json.loads((path / types["Pooling"]["path"] / "config.json").read_text(encoding="utf-8"))
-        if pooling.get("pooling_mode_cls_token"):
+        modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True)
+        if modes == ["pooling_mode_cls_token"]:
             mode = "cls"
-        elif not pooling.get("pooling_mode_mean_tokens", True):
-            raise ModelError(f"'{path}' uses a pooling mode edgebert does not export (only mean and cls)")
+        elif modes not in ([], ["pooling_mode_mean_tokens"]):
+            raise ModelError(
+                f"'{path}' pools with {', '.join(modes)}: edgebert exports mean or CLS pooling alone"
+            )
     return {"mode": mode, "normalize": "Normalize" in types, "source": "modules.json"}

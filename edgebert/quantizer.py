@@ -96,10 +96,23 @@ def quantize(bundle: str | Path, config: QuantizeConfig = QuantizeConfig()) -> B
     """Add ``model.int8.onnx`` (with ``target="openvino"``, the OpenVINO IR and its INT8 model) to an
     existing bundle, replacing any earlier one, atomically."""
     source = Bundle.load(bundle)
+    check_settings(config, source.manifest.task)
     with staging(source.path, start_from=source.path) as stage:
         manifest = quantize_into(stage, read_manifest(stage), config)
         write_manifest(stage, manifest)
     return Bundle.load(source.path)
+
+
+def check_settings(config: Any, task: str) -> None:
+    """Refuse INT8 settings (of a ``QuantizeConfig`` or an ``ExportConfig``) that no run can use,
+    before any work."""
+    samples = config.calibration_samples
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise EdgebertError(f"--calibration-samples must be 1 or more, not {samples!r}")
+    if not 0 <= config.target_agreement <= 1:
+        raise EdgebertError(f"--target-agreement must be within 0..1, not {config.target_agreement!r}")
+    if config.eval_data is not None and task != "classify":
+        raise DataError("--eval-data measures accuracy: it needs a classifier bundle")
 
 
 def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Manifest:
@@ -173,7 +186,9 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     int8 = artifact(stage, INT8_FILE, precision="int8", parent="fp32", made_by=made_by)
     manifest = manifest.with_artifact("int8", int8)
     if (stage / CALIBRATION_FILE).is_file():
-        calibration = artifact(stage, CALIBRATION_FILE, parent="int8", made_by={"method": config.method})
+        calibration = artifact(
+            stage, CALIBRATION_FILE, kind="calibration", parent="int8", made_by={"method": config.method}
+        )
         manifest = manifest.with_artifact("calibration", calibration)
     manifest = validated(stage, manifest, "int8", config)
     return _with_fused_attention(stage, manifest)
@@ -331,8 +346,6 @@ def _accuracy_budget(
 ) -> dict[str, Any]:
     """The fewest of ``ranking`` in float that hold accuracy on ``eval_data`` within
     ``config.max_drop`` points of fp32's."""
-    if teacher.task != "classify":
-        raise DataError("--eval-data measures accuracy: it needs a classifier bundle")
     examples = read_examples(eval_data)
     labels = np.asarray(encode_labels(examples, teacher.labels))
 

@@ -19,6 +19,7 @@ from conftest import sentiment_rows, write_tsv
 from edgebert.bundle import Bundle
 from edgebert.calibration.search import SMOOTHING_TOLERANCE
 from edgebert.cli import main
+from edgebert.errors import BundleError
 from edgebert.quantizer import QuantizeConfig, quantize
 from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
@@ -126,6 +127,11 @@ def test_fused_attention_runs_small_calls(
     ours = predictor.outputs(texts)[0]
     theirs = predictor.with_model(dynamic.file("int8")).outputs(texts)[0]
     assert np.abs(ours - theirs).max() < 1e-5
+    # the unfused graph, opened at the first large call, must be the model the Predictor loaded
+    stale = Predictor(dynamic, precision="int8")
+    quantize(bundle.path, QuantizeConfig(method="minmax", calibration_data=str(sentiment_files[0])))
+    with pytest.raises(BundleError, match="changed since it was loaded"):
+        _ = stale.session.large
 
 
 def test_static_calibration_is_deterministic(
@@ -343,3 +349,17 @@ def test_distill_calibration_of_an_embedding_model(
     ours = Predictor(bundle, precision="int8").outputs(texts)[0]
     cosine = np.sum(fp32 * ours, -1) / (np.linalg.norm(fp32, axis=-1) * np.linalg.norm(ours, axis=-1))
     assert cosine.mean() >= 0.98 and cosine.min() >= 0.9, (cosine.mean(), cosine.min())
+
+
+def test_settings_no_run_can_use_are_refused_first(
+    fp32_bundle: Path, embed_bundle: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    from edgebert.errors import DataError, EdgebertError
+
+    data = str(sentiment_files[0])
+    with pytest.raises(EdgebertError, match="--calibration-samples must be 1 or more"):
+        quantize(fp32_bundle, QuantizeConfig(calibration_data=data, calibration_samples=0))
+    with pytest.raises(EdgebertError, match="--target-agreement"):
+        quantize(fp32_bundle, QuantizeConfig(method="distill", calibration_data=data, target_agreement=1.5))
+    with pytest.raises(DataError, match="needs a classifier bundle"):
+        quantize(embed_bundle, QuantizeConfig(calibration_data=data, eval_data=str(sentiment_files[1])))

@@ -202,3 +202,13 @@ def test_options_a_run_would_not_use_are_refused(
     distill = runner.invoke(main, ["distill", "--teacher", "x", "--data", data, "--eval", data, *both])
     assert distill.exit_code == 1 and "does not go with --student" in distill.stderr
     assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()
+
+
+def test_pairs_from_stdin_do_not_shift(classify_bundle: Path) -> None:
+    stdin = b"q1 is good\n\nq2 is bad\nx2 is bad\n"
+    result = CliRunner().invoke(main, ["predict", str(classify_bundle), "--pair", "--json"], input=stdin)
+    assert result.exit_code == 2 and "stdin line 2 is empty" in result.stderr
+    paired = CliRunner().invoke(
+        main, ["predict", str(classify_bundle), "--pair", "--json"], input=b"q1 good\r\nq2 bad\n"
+    )
+    assert paired.exit_code == 0 and [r["text"] for r in json.loads(paired.stdout)] == [["q1 good", "q2 bad"]]

@@ -132,6 +132,13 @@ def test_existing_out_needs_force(classify_bundle: Path, tiny_classifier: Path) 
 
 
 def test_model_errors(tiny_embedder: Path, tmp_path: Path) -> None:
+    for bad, message in (
+        ({"task": "bogus"}, "unknown --task"),
+        ({"opset": 99}, "--opset 99"),
+        ({"max_length": "32"}, "max-length"),
+    ):
+        with pytest.raises(EdgebertError, match=message):
+            export(tmp_path / "x", ExportConfig(model=str(tiny_embedder), **bad))  # type: ignore[arg-type]
     with pytest.raises(ModelError, match="never downloads"):
         export(tmp_path / "a", ExportConfig(model="bert-base-uncased"))
     with pytest.raises(ModelError, match="no classification head"):
@@ -159,3 +166,25 @@ def test_fused_export_is_validated(tiny_classifier: Path, tmp_path: Path) -> Non
     assert fp32.made_by["fusion"]  # the optimizer fused something (e.g. SkipLayerNormalization)
     assert fp32.validation["max_abs_diff"] <= fp32.validation["tolerance"]
     assert bundle.manifest.artifacts["int8"].validation["agreement"] >= 0.9
+
+
+def test_sentence_transformers_modules_it_cannot_export_are_refused(
+    tiny_embedder: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from edgebert.models import resolve
+
+    checkpoint = tmp_path / "embedder"
+    shutil.copytree(tiny_embedder, checkpoint)
+    pooling = checkpoint / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}))
+    with pytest.raises(ModelError, match="pools with pooling_mode_max_tokens, pooling_mode_mean_tokens"):
+        resolve(str(checkpoint))
+    pooling.write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    modules = json.loads((checkpoint / "modules.json").read_text())
+    modules.append({"idx": 9, "name": "9", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (checkpoint / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelError, match=r"modules edgebert does not export \(Dense\)"):
+        resolve(str(checkpoint))

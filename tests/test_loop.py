@@ -128,3 +128,15 @@ def test_mixed_precision_on_a_gpu(
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}  # autocast, fp32 master weights
     bundle = export(tmp_path / "b", ExportConfig(model=str(tmp_path / "m")))  # on the CPU, vs torch
     assert bundle.manifest.artifacts["fp32"].validation["max_abs_diff"] < 1e-4
+
+
+def test_a_resumed_run_names_its_files_however_they_are_written(
+    sentiment_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgebert.training.loop import Schedule, _identity
+
+    train, dev = sentiment_files
+    monkeypatch.chdir(train.parent)
+    relative = Schedule(data=train.name, eval_data=f"./{dev.name}")
+    assert _identity(relative) == _identity(Schedule(data=str(train), eval_data=str(dev)))
+    assert _identity(relative) != _identity(Schedule(data=str(dev), eval_data=str(dev)))

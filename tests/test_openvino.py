@@ -240,3 +240,10 @@ def test_static_shapes_follow_the_dynamic_model(ov_bundle: Path) -> None:
     for batch in ([texts[0]], [texts[1]], texts, [texts[0]]):  # three shapes, one met again
         np.testing.assert_allclose(static.outputs(batch)[0], dynamic.outputs(batch)[0], atol=1e-4)
     assert len(static.session._specialised) == 2  # the least recently used shape was let go
+
+
+def test_dynamic_int8_on_openvino_is_not_padded(classify_bundle: Path) -> None:
+    # no IR in this bundle: OpenVINO runs the ONNX dynamic INT8 model, whose ranges would read padding
+    predictor = Predictor(classify_bundle, backend="openvino", precision="int8")
+    texts = ["the movie was really good", "bad"]
+    assert predictor.precision == "int8" and predictor.encode(texts)[0]["input_ids"].shape[1] < 16

@@ -149,3 +149,15 @@ def test_int8_products_are_exact_on_every_cpu() -> None:
     plain = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert u8s8_saturates() == (not np.array_equal(plain, exact))  # the CPU check matches the kernels
     np.testing.assert_array_equal(open_session(model, "cpu").run(None, feeds)[0], exact)
+
+
+def test_bad_arguments_are_input_errors(classify_bundle: Path) -> None:
+    for kwargs in ({"threads": "2"}, {"pad_to_multiple_of": -8}, {"static_shapes": -1}):
+        with pytest.raises(InputError, match="whole number"):
+            Predictor(classify_bundle, **kwargs)
+    with pytest.raises(InputError, match="bundle directory"):
+        Predictor(None)  # type: ignore[arg-type]
+    predictor = Predictor(classify_bundle)
+    for batch_size in (-1, 0, 2.5, "8"):
+        with pytest.raises(InputError, match="batch_size"):
+            predictor.predict(["a good film"], batch_size=batch_size)  # type: ignore[arg-type]

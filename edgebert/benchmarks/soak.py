@@ -81,6 +81,7 @@ def soak(bundle: str | Path, config: SoakConfig = SoakConfig()) -> dict[str, Any
         rss_warm = rss if time.monotonic() < warm_at else rss_warm
         time.sleep(0.2)
     rss_end = process.memory_info().rss / 2**20
+    rss_peak = max(rss_peak, rss_end)  # sampled while it ran: the end is a sample too
     return {
         **counts,
         "threads": config.threads,

@@ -73,8 +73,12 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         raise EdgebertError(f"unknown --quantize '{config.quantize}': use none, int8 or fp16")
     if config.target not in ("onnx", "openvino"):
         raise EdgebertError(f"unknown --target '{config.target}': use onnx or openvino")
-    if not 8 <= config.max_length <= 512:
-        raise EdgebertError(f"--max-length {config.max_length} is out of range: use 8 to 512")
+    if not isinstance(config.max_length, int) or not 8 <= config.max_length <= 512:
+        raise EdgebertError(f"--max-length {config.max_length!r} is out of range: use 8 to 512")
+    if not isinstance(config.opset, int) or not 17 <= config.opset <= 21:
+        raise EdgebertError(f"--opset {config.opset!r} is out of range: use 17 to 21")
+    if config.task not in (None, "classify", "embed"):
+        raise EdgebertError(f"unknown --task '{config.task}': use classify or embed")
     from edgebert.exporter.first_token import first_token_only
 
     checkpoint = resolve(config.model)
@@ -84,6 +88,10 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
             f"'{checkpoint.name}' has no classification head: export it with --task embed, "
             "or fine-tune it first with `edgebert train`"
         )
+    if config.quantize == "int8":
+        from edgebert.quantizer import check_settings
+
+        check_settings(config, task)
     log.info("loading %s (%s) from %s", checkpoint.name, task, checkpoint.path)
     module, hf_tokenizer = _load_torch(checkpoint, task)
     with staging(Path(out), replace=config.force) as stage:

@@ -86,12 +86,23 @@ class Predictor:
         pad_to_multiple_of: int | None = None,
         static_shapes: int = 0,
     ) -> None:
+        _check_count("threads", threads, 1)
+        _check_count("pad_to_multiple_of", pad_to_multiple_of, 1)
+        _check_count("static_shapes", static_shapes, 0)
+        if not isinstance(bundle, str | Path | Bundle):
+            raise InputError(f"bundle must be a bundle directory (str or Path), not {type(bundle).__name__}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.precision, self.backend = choose_model(self.bundle, precision, backend)
+        chosen = self.bundle.manifest.artifacts[self.precision]
+        method = chosen.made_by.get("method")
+        # an ONNX dynamic INT8 model's ranges read the padding too (see the module docstring): none for
+        # it (NNCF's IR, made by the "dynamic" method too, has static ranges)
+        dynamic = method == "dynamic" and not chosen.file.endswith(".xml")
+        padding = 1 if dynamic else BACKENDS[self.backend].pad_to_multiple_of
         self.tokenizer = load_tokenizer(
             self.bundle.file("tokenizer"),
             self.bundle.manifest.max_length,
-            pad_to_multiple_of=pad_to_multiple_of or BACKENDS[self.backend].pad_to_multiple_of,
+            pad_to_multiple_of=pad_to_multiple_of or padding,
         )
         model = functools.partial(
             open_session,
@@ -106,16 +117,21 @@ class Predictor:
         if graph is not None and self.backend == "cpu":
             small = open_session(self.bundle.file(graph), "cpu", threads=threads)
             up_to = self.bundle.manifest.artifacts[graph].made_by["up_to_tokens"]
-            self.session = ByTokens(small, model, up_to)
+
+            def verified() -> Any:  # opened at the first large call: still the model loaded?
+                self.bundle.verify(self.precision)
+                return model()
+
+            self.session = ByTokens(small, verified, up_to)
         else:
             self.session = model()
         self.input_names = {i.name for i in self.session.get_inputs()}
-        made_by = self.bundle.manifest.artifacts[self.precision].made_by
-        self.batch_size = batch_size_for(made_by.get("method"))
+        self.batch_size = batch_size_for(method)
 
     def with_model(self, path: Path | bytes, *, threads: int | None = None) -> Predictor:
         """A Predictor with this one's bundle and tokenizer running another ONNX model on ONNX Runtime
-        CPU (a file, or a serialized model: a candidate being compared with this one, say)."""
+        CPU (a file, or a serialized model: a candidate being compared with this one, say). It keeps
+        this one's batch size and name: pass ``batch_size`` to ``outputs`` for a dynamic INT8 model."""
         other = copy.copy(self)
         other.session = open_session(path, "cpu", threads=threads)
         return other
@@ -159,12 +175,13 @@ class Predictor:
         Texts are batched by length so that little compute is spent on padding; ``batch_size``
         defaults to what keeps answers batch-invariant for this model (see the module docstring).
         """
+        _check_count("batch_size", batch_size, 1)
         batch_size = batch_size or self.batch_size
         checked = check_texts(texts)
         if not checked:
             width = len(self.labels) if self.task == "classify" else 0
             return np.zeros((0, width), dtype=np.float32), []
-        order = sorted(range(len(checked)), key=lambda i: len(checked[i]))
+        order = sorted(range(len(checked)), key=lambda i: len("".join(checked[i])))  # a pair: both
         results: list[np.ndarray] = [np.empty(0)] * len(checked)
         truncated = [False] * len(checked)
         for start in range(0, len(order), batch_size):
@@ -222,6 +239,12 @@ def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> 
             else f"model '{name}' ({models[name].file}) does not run on '{backend}'"
         )
     return name, backend
+
+
+def _check_count(name: str, value: Any, least: int) -> None:
+    """An ``InputError`` unless ``value`` is None or an int of at least ``least``."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+        raise InputError(f"{name} must be a whole number of at least {least}, not {value!r}")
 
 
 def batch_size_for(method: str | None) -> int:

@@ -230,9 +230,14 @@ def _replicas_in_sync(acc: Any, model: Any) -> bool:
 
 
 def _identity(config: Schedule) -> dict[str, Any]:
-    """What must not change between a run and its resumption."""
+    """What must not change between a run and its resumption; a file or checkpoint named by its
+    absolute path, however it was written on the command line."""
     free = ("resume", "force", "save_every", "precision")
-    return {k: v for k, v in asdict(config).items() if k not in free}
+
+    def named(value: Any) -> Any:
+        return str(Path(value).resolve()) if isinstance(value, str) and Path(value).exists() else value
+
+    return {k: named(v) for k, v in asdict(config).items() if k not in free}
 
 
 def _save_state(
