@@ -63,6 +63,8 @@ def test_bench_measures_every_precision(classify_bundle: Path, sentiment_files: 
 
 
 def test_bench_refuses_bad_requests(classify_bundle: Path) -> None:
+    with pytest.raises(EdgebertError, match="batch_sizes must be a tuple of whole numbers"):
+        bench(str(classify_bundle), BenchConfig(batch_sizes=8, timing=QUICK, save=False))  # type: ignore[arg-type]
     with pytest.raises(EdgebertError, match="max_length"):
         bench(str(classify_bundle), BenchConfig(seq_lens=(4096,), timing=QUICK, save=False))
     with pytest.raises(EdgebertError, match="no fp16 model"):

@@ -71,8 +71,10 @@ def test_bad_input_names_the_position(classify_bundle: Path, texts: object, mess
         Predictor(classify_bundle).predict(texts)  # type: ignore[arg-type]
 
 
-def test_empty_batch(classify_bundle: Path) -> None:
+def test_empty_batch(classify_bundle: Path, embed_bundle: Path) -> None:
     assert Predictor(classify_bundle).predict([]) == []
+    embedder = Predictor(embed_bundle)  # no rows, the columns of an answer: they stack with others
+    assert embedder.outputs([])[0].shape == (0, embedder.outputs(["a text"])[0].shape[1])
 
 
 def test_runtime_never_imports_torch(classify_bundle: Path) -> None:

@@ -70,6 +70,9 @@ class BenchConfig:
 def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, Any]:
     """Measure every requested model of the bundle on every requested target; return (and save under
     reports/) the report."""
+    for name, values in (("batch_sizes", config.batch_sizes), ("seq_lens", config.seq_lens or ())):
+        if not isinstance(values, tuple | list) or not all(type(v) is int for v in values):
+            raise EdgebertError(f"{name} must be a tuple of whole numbers, not {values!r}")
     bundle = Bundle.load(bundle_path)
     for device in config.devices:
         require_backend(device)

@@ -178,8 +178,9 @@ class Predictor:
         _check_count("batch_size", batch_size, 1)
         batch_size = batch_size or self.batch_size
         checked = check_texts(texts)
-        if not checked:
-            width = len(self.labels) if self.task == "classify" else 0
+        if not checked:  # no rows, as many columns as an answer has (an embedding: the hidden size)
+            hidden = self.bundle.manifest.source.get("hidden_size", 0)
+            width = len(self.labels) if self.task == "classify" else hidden
             return np.zeros((0, width), dtype=np.float32), []
         order = sorted(range(len(checked)), key=lambda i: len("".join(checked[i])))  # a pair: both
         results: list[np.ndarray] = [np.empty(0)] * len(checked)
