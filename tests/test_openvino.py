@@ -194,6 +194,10 @@ def test_real_text_mode(ov_bundle: Path, sentiment_files: tuple[Path, Path]) -> 
     assert dynamic["runs"] >= 3 and "tokenization included" in report["timed_on"]
     assert (static["model"], static["static_shapes"], dynamic["static_shapes"]) == ("openvino-int8", 4, 0)
     assert static["agreement"] >= 0.9
+    # every model timed on the same texts, as many as the slowest ran, and not called noisy for
+    # the spread of their lengths
+    assert len({row["runs"] for row in report["results"]}) == 1
+    assert not any(row["noisy"] for row in report["results"])
 
 
 def test_cli_export_to_openvino_predict_and_bench(

@@ -45,3 +45,13 @@ def test_multiclass_label_names_are_kept(tiny_classifier: Path, tmp_path: Path) 
     )
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["id2label"] == {"0": "anger", "1": "fear", "2": "joy"}
+
+
+def test_a_base_classifier_keeps_its_labels_only_for_its_own_classes() -> None:
+    from edgebert.training.finetune import head_labels
+
+    base = ("negative", "positive")
+    assert head_labels(base, ("0", "1")) == base  # SST-2's integer labels index the base's classes
+    assert head_labels(base, ("positive", "negative")) == base  # in the head's order, not sorted
+    assert head_labels(base, ("favorable", "unfavorable")) == ("favorable", "unfavorable")  # a new head
+    assert head_labels((), ("0", "1")) == ("0", "1")

@@ -117,7 +117,15 @@ def fit(
         optimizer, int(total * config.warmup_ratio), total
     )
     prepared, optimizer = acc.prepare(model, optimizer)
-    run: dict[str, Any] = {"step": 0, "seen": 0, "seconds": 0.0, "history": [], "best": None}
+    # step_seconds: time in the training steps alone (evaluation and checkpoints left out)
+    run: dict[str, Any] = {
+        "step": 0,
+        "seen": 0,
+        "seconds": 0.0,
+        "step_seconds": 0.0,
+        "history": [],
+        "best": None,
+    }
     best_state: dict[str, Any] = {}
     if config.resume:
         run, best_state = _load_state(out, config, model, optimizer, scheduler)
@@ -130,13 +138,15 @@ def fit(
         mine = mine[: total - run["step"]]
         bar = tqdm(mine, desc=f"epoch {epoch}", unit="batch", leave=False, disable=True if rank else None)
         for batch in bar:
+            stepped = time.perf_counter()
             torch.manual_seed((config.seed * 1_000_003 + run["step"]) * world + rank)  # dropout, resumable
             inputs = {k: v.to(acc.device) for k, v in collate(tokenizer, batch).items()}
             loss = loss_of(prepared, inputs)
             optimizer_step(acc, prepared, optimizer, scheduler, loss)
             run["step"] += 1
             run["seen"] += len(batch) * world
-            speed = run["seen"] / (time.perf_counter() - started)
+            run["step_seconds"] = run.get("step_seconds", 0.0) + time.perf_counter() - stepped
+            speed = run["seen"] / run["step_seconds"]
             bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{speed:.0f}")
             if bar.disable and rank == 0 and run["step"] % max(1, total // 10) == 0:
                 log.info("step %d/%d: loss %.4f, %.0f samples/s", run["step"], total, loss.item(), speed)
@@ -163,7 +173,7 @@ def fit(
         "steps": run["step"],
         "stopped_early": run["step"] < total,
         "train_seconds": round(seconds, 1),
-        "samples_per_s": round(run["seen"] / seconds, 1),
+        "samples_per_s": round(run["seen"] / max(run.get("step_seconds", 0.0), 1e-9), 1),  # steps alone
         "processes": world,
         "replicas_in_sync": _replicas_in_sync(acc, model),
         "precision": acc.mixed_precision if acc.mixed_precision != "no" else "fp32",
