@@ -151,7 +151,8 @@ def _student(
 ) -> tuple[Any, Any, dict]:
     if config.student is not None:
         checkpoint = resolve(config.student)
-        student, tokenizer = load_classifier(checkpoint.path, names)
+        base = checkpoint.labels if checkpoint.task == "classify" else ()
+        student, tokenizer = load_classifier(checkpoint.path, names, new_head=bool(base) and base != names)
         return student, tokenizer, {"from": checkpoint.name}
     depth = teacher.config.num_hidden_layers
     layers = config.student_layers or max(1, depth // 2)
