@@ -223,6 +223,8 @@ def test_distill_calibration(fp32_bundle: Path, sentiment_files: tuple[Path, Pat
     assert made_by["candidates_tried"] > 0 and made_by["search_seconds"]["total"] > 0
     report = json.loads(distilled.file("calibration").read_text())
     assert set(report["chosen"]) == set(report["ranges"]) and report["search_texts"] == 128
+    assert distilled.manifest.artifacts["calibration"].kind == "calibration"
+    assert list(distilled.models()) == ["fp32", "int8"]  # calibration.json is not a model
     smoothing = report["smoothing"]
     by_alpha = smoothing["divergence_by_alpha"]
     assert set(by_alpha) == {"none", "0.75", "0.85", "0.95"}  # the tiny model has FFN-output MatMuls
