@@ -23,6 +23,7 @@ Text = str | tuple[str, str]
 _TEXT_COLUMNS = ("sentence", "text", "sentence1", "#1 string", "question", "premise")
 _PAIR_COLUMNS = ("sentence2", "#2 string", "text_pair", "hypothesis")
 _LABEL_COLUMNS = ("label", "label_name", "quality", "class", "category")
+_COLUMNS = _TEXT_COLUMNS + _PAIR_COLUMNS + _LABEL_COLUMNS  # the names that make a first line a header
 _TREC_LINE = re.compile(r"^([A-Z]+):\S+ (.+)$")
 
 
@@ -102,6 +103,11 @@ def _integer(label: str) -> bool:
     return re.fullmatch(r"-?[0-9]+", label) is not None
 
 
+def label_index(label: str, count: int) -> int | None:
+    """``label`` as an index into ``count`` label names (SST-2's 0/1), or None if it is not one."""
+    return int(label) if _integer(label) and 0 <= int(label) < count else None
+
+
 def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
     """Label indices for ``examples``: by name, or by integer index into ``names``."""
     if examples.labels is None:
@@ -109,10 +115,11 @@ def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
     index = {name: i for i, name in enumerate(names)}
     ids = []
     for label, line in zip(examples.labels, examples.lines, strict=True):
+        by_index = label_index(label, len(names))
         if label in index:
             ids.append(index[label])
-        elif _integer(label) and 0 <= int(label) < len(names):
-            ids.append(int(label))
+        elif by_index is not None:
+            ids.append(by_index)
         else:
             raise DataError(
                 f"'{examples.path}' line {line}: unknown label '{label}' (the model's labels are "
@@ -169,10 +176,9 @@ def _trec(path: Path, lines: list[str]) -> list[Row]:
 def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) -> list[Row]:
     head = lines[first]
     if delimiter is None:  # a tab in the first line; a CSV header; a ';' ending every line; else one column
-        known = _TEXT_COLUMNS + _PAIR_COLUMNS + _LABEL_COLUMNS
         if "\t" in head:
             delimiter = "\t"
-        elif head.count(",") and all(h.strip().lower() in known for h in head.split(",")):
+        elif head.count(",") and all(h.strip().lower() in _COLUMNS for h in head.split(",")):
             delimiter = ","
         elif all(";" in line for line in lines if line.strip()):
             delimiter = ";"
@@ -192,7 +198,7 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
             numbers.append(reader.line_num - sum(f.count("\n") for f in fields))
             split.append(fields)
     header = [h.strip().lower() for h in split[first]]
-    has_header = any(h in _TEXT_COLUMNS + _PAIR_COLUMNS + _LABEL_COLUMNS for h in header)
+    has_header = any(h in _COLUMNS for h in header)
     if not has_header:
         # No header: one column is text; two columns are text then label (AG News, SST-2 without header).
         header = ["text"] if len(header) == 1 else ["text", "label"] if len(header) == 2 else []

@@ -41,6 +41,11 @@ class Checkpoint:
         id2label = self.config.get("id2label") or {}
         return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
 
+    @property
+    def head(self) -> tuple[str, ...]:
+        """The labels of its classification head; none without one (its config may still name some)."""
+        return self.labels if self.task == "classify" else ()
+
     def describe(self) -> dict[str, Any]:
         keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
         return {"name": self.name, "path": str(self.path), **{k: self.config.get(k) for k in keys}}

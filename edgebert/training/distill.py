@@ -12,7 +12,7 @@ from typing import Any
 
 from edgebert.errors import ModelError
 from edgebert.models import resolve
-from edgebert.training.finetune import encode_examples, load_classifier, prepare, save
+from edgebert.training.finetune import encode_examples, head_labels, load_classifier, prepare, save
 from edgebert.training.loop import Schedule, fit
 
 
@@ -137,8 +137,7 @@ def _mse(pairs: list[tuple[Any, Any]]) -> Any:
 def _teacher_labels(teacher: tuple[str, ...], data: tuple[str, ...]) -> tuple[str, ...]:
     """The student learns the teacher's labels; the data's labels must be among them (by name, or
     by integer index as SST-2's 0/1 are)."""
-    by_index = all(n.isdigit() and int(n) < len(teacher) for n in data)
-    if not teacher or not (set(data) <= set(teacher) or by_index):
+    if not teacher or head_labels(teacher, data) != teacher:
         raise ModelError(
             f"the teacher must be a classifier over the labels of --data ({', '.join(data)}); "
             f"it has {', '.join(teacher) or 'no classification head'}"
@@ -151,8 +150,7 @@ def _student(
 ) -> tuple[Any, Any, dict]:
     if config.student is not None:
         checkpoint = resolve(config.student)
-        base = checkpoint.labels if checkpoint.task == "classify" else ()
-        student, tokenizer = load_classifier(checkpoint.path, names, new_head=bool(base) and base != names)
+        student, tokenizer = load_classifier(checkpoint, names)
         return student, tokenizer, {"from": checkpoint.name}
     depth = teacher.config.num_hidden_layers
     layers = config.student_layers or max(1, depth // 2)

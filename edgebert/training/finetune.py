@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edgebert.atomic import staging, write_json
-from edgebert.data import Examples, encode_labels, label_names, read_examples
+from edgebert.data import Examples, encode_labels, label_index, label_names, read_examples
 from edgebert.errors import DataError, ModelError, require
-from edgebert.models import resolve
+from edgebert.models import Checkpoint, resolve
 from edgebert.training.loop import Schedule, check_resume, fit, is_main_process, resume_dir
 
 log = logging.getLogger("edgebert")
@@ -31,9 +31,8 @@ def train(out: str | Path, config: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; save the best epoch (by dev accuracy) at ``out``."""
     train_examples, dev_examples, names = prepare(out, config)
     checkpoint = resolve(config.model)
-    base = checkpoint.labels if checkpoint.task == "classify" else ()
-    names = head_labels(base, names)
-    model, tokenizer = load_classifier(checkpoint.path, names, new_head=bool(base) and names != base)
+    names = head_labels(checkpoint.head, names)
+    model, tokenizer = load_classifier(checkpoint, names)
     train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
     dev_set = encode_examples(tokenizer, dev_examples, names, config.max_length)
     result = fit(
@@ -48,31 +47,31 @@ def head_labels(base: tuple[str, ...], data: tuple[str, ...]) -> tuple[str, ...]
     """The labels a model fine-tuned from a classifier over ``base`` classifies into: ``base``, in
     its order, where the data's labels are among them or are their integer indices (SST-2's 0/1);
     else the data's own."""
-    by_index = all(n.isascii() and n.isdigit() and int(n) < len(base) for n in data)
+    by_index = all(label_index(n, len(base)) is not None for n in data)
     return base if base and (set(data) <= set(base) or by_index) else data
 
 
-def load_classifier(path: Path, names: tuple[str, ...], *, new_head: bool = False) -> tuple[Any, Any]:
-    """A sequence classifier over ``names`` from the checkpoint at ``path``, and the checkpoint's
-    tokenizer. The checkpoint's head is kept where it has one over ``names``; a head of another
-    size is made anew, and so is one of the same size over other classes (``new_head``), which
-    would otherwise start with its classes under the wrong names."""
+def load_classifier(checkpoint: Checkpoint, names: tuple[str, ...]) -> tuple[Any, Any]:
+    """A sequence classifier over ``names`` from ``checkpoint``, and its tokenizer. The checkpoint's
+    head is kept where it is one over ``names``; a head of another size is made anew, and so is one
+    of the same size over other classes, which would otherwise start with its classes under the
+    wrong names."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        path,
+        checkpoint.path,
         num_labels=len(names),
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
         ignore_mismatched_sizes=True,
     )
-    if new_head:
+    if checkpoint.head and names != checkpoint.head:
         log.info(
             "a new classification head for %s: the base model classifies into other labels", ", ".join(names)
         )
         model.classifier.weight.data.normal_(0.0, model.config.initializer_range)
         model.classifier.bias.data.zero_()
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, AutoTokenizer.from_pretrained(checkpoint.path)
 
 
 def prepare(out: str | Path, config: Schedule) -> tuple[Examples, Examples, tuple[str, ...]]:

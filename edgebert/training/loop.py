@@ -117,18 +117,11 @@ def fit(
         optimizer, int(total * config.warmup_ratio), total
     )
     prepared, optimizer = acc.prepare(model, optimizer)
-    # step_seconds: time in the training steps alone (evaluation and checkpoints left out)
-    run: dict[str, Any] = {
-        "step": 0,
-        "seen": 0,
-        "seconds": 0.0,
-        "step_seconds": 0.0,
-        "history": [],
-        "best": None,
-    }
+    run: dict[str, Any] = {"step": 0, "seen": 0, "seconds": 0.0, "history": [], "best": None}
     best_state: dict[str, Any] = {}
     if config.resume:
         run, best_state = _load_state(out, config, model, optimizer, scheduler)
+    run.setdefault("step_seconds", 0.0)  # in the training steps alone: evaluation and checkpoints left out
     started = time.perf_counter() - run["seconds"]
     first_epoch = run["step"] // per_epoch + 1
     for epoch in range(first_epoch, config.epochs + 1):
@@ -145,7 +138,7 @@ def fit(
             optimizer_step(acc, prepared, optimizer, scheduler, loss)
             run["step"] += 1
             run["seen"] += len(batch) * world
-            run["step_seconds"] = run.get("step_seconds", 0.0) + time.perf_counter() - stepped
+            run["step_seconds"] += time.perf_counter() - stepped
             speed = run["seen"] / run["step_seconds"]
             bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{speed:.0f}")
             if bar.disable and rank == 0 and run["step"] % max(1, total // 10) == 0:
@@ -173,7 +166,7 @@ def fit(
         "steps": run["step"],
         "stopped_early": run["step"] < total,
         "train_seconds": round(seconds, 1),
-        "samples_per_s": round(run["seen"] / max(run.get("step_seconds", 0.0), 1e-9), 1),  # steps alone
+        "samples_per_s": round(run["seen"] / max(run["step_seconds"], 1e-9), 1),  # steps alone
         "processes": world,
         "replicas_in_sync": _replicas_in_sync(acc, model),
         "precision": acc.mixed_precision if acc.mixed_precision != "no" else "fp32",
