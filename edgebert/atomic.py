@@ -72,10 +72,7 @@ def staging(
     of ours) or is empty.
     """
     target = Path(target).absolute()
-    if target.exists() and start_from is None and not replace:
-        raise EdgebertError(f"'{target}' already exists: choose another --out or pass --force to replace it")
-    if target.exists() and not (target / marker).is_file() and any(target.iterdir()):
-        raise EdgebertError(f"'{target}' exists and holds no {marker}: refusing to replace it")
+    check_replaceable(target, replace=replace or start_from is not None, marker=marker)
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = target.parent / f".{target.name}.{secrets.token_hex(6)}.partial"
     old = stage.with_suffix(".old")
@@ -109,6 +106,19 @@ def staging(
         assert guard.stdin is not None
         guard.stdin.close()  # the guard removes the staging directory and any old copy
         guard.wait(timeout=60)
+
+
+def check_replaceable(target: Path, *, replace: bool, marker: str) -> None:
+    """Refuse an output directory ``staging`` would refuse: one that exists without ``replace``,
+    or that holds files but not ``marker`` (it is not one of ours). Commands that work for long
+    before they save call it first, so that no work is lost to the refusal."""
+    target = Path(target).absolute()
+    if not target.exists():
+        return
+    if not replace:
+        raise EdgebertError(f"'{target}' already exists: choose another --out or pass --force to replace it")
+    if not (target / marker).is_file() and any(target.iterdir()):
+        raise EdgebertError(f"'{target}' exists and holds no {marker}: refusing to replace it")
 
 
 @functools.cache

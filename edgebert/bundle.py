@@ -126,6 +126,11 @@ class Bundle:
     def load(cls, path: str | Path) -> Bundle:
         path = Path(path)
         if not (path / MANIFEST).is_file():
+            if (path / "config.json").is_file():  # a checkpoint: the model a bundle is made from
+                raise BundleError(
+                    f"'{path}' is a model checkpoint, not a bundle: export it first with "
+                    f"`edgebert export --model {path} --out BUNDLE`"
+                )
             raise BundleError(
                 f"no bundle at '{path}' (no {MANIFEST}): create one with `edgebert export --out {path}`"
             )

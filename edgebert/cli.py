@@ -125,6 +125,12 @@ def calibrate(bundle: Path, as_json: bool, **options: Any) -> None:
     """Calibrate a static INT8 model for BUNDLE on --calibration-data (distill: the FFN outputs'
     inputs smoothed and each activation range chosen by how closely the INT8 outputs follow
     fp32's), replacing any INT8 model it has."""
+    if options["calibration"] == "dynamic" and options["target"] != "openvino":
+        raise click.BadParameter(
+            "dynamic INT8 computes its ranges at run time: nothing to calibrate "
+            "(`edgebert quantize` makes it)",
+            param_hint="--calibration",
+        )
     _quantize(bundle, as_json, options)
 
 
@@ -197,6 +203,14 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     help="Seconds of timing per shape, at least.",
 )
 @click.option(
+    "--max-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds of timing per shape, at most: a shape that reaches it first is reported with the "
+    "runs it got, and a warning.",
+)
+@click.option(
     "--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed warm-up runs per shape."
 )
 @click.option(
@@ -221,6 +235,7 @@ def bench(
     threads: int | None,
     min_runs: int,
     min_seconds: float,
+    max_seconds: float,
     warmup: int,
     report_dir: Path | None,
     no_save: bool,
@@ -233,8 +248,16 @@ def bench(
     from edgebert.bundle import REPORTS
     from edgebert.errors import require
 
-    if real_text and given("batch_sizes"):
-        raise click.BadParameter("--real-text times one text per call", param_hint="--batch-size")
+    devices_ = tuple(dict.fromkeys(d.strip() for d in devices.split(",")))
+    for name, option in (("batch_sizes", "--batch-size"), ("seq_lens", "--seq-len")):
+        if real_text and given(name):
+            raise click.BadParameter(
+                "--real-text times one text per call at its own length", param_hint=option
+            )
+    if static_shapes and "openvino" not in devices_:
+        raise click.BadParameter("for --device openvino only", param_hint="--static-shapes")
+    if max_seconds < min_seconds:
+        raise click.BadParameter(f"below --min-seconds {min_seconds:g}", param_hint="--max-seconds")
     if report_dir is not None:  # checked before the benchmark runs, not after
         require("matplotlib", "report")
         # the bundle holds only what its manifest lists, and reports/
@@ -245,15 +268,15 @@ def bench(
                 param_hint="--report",
             )
     config = BenchConfig(
-        devices=tuple(dict.fromkeys(d.strip() for d in devices.split(","))),
-        batch_sizes=ints(batch_sizes),
-        seq_lens=ints(seq_lens) if seq_lens else None,
-        precisions=tuple(precisions.split(",")) if precisions else None,
+        devices=devices_,
+        batch_sizes=ints(batch_sizes, "--batch-size", minimum=1),
+        seq_lens=ints(seq_lens, "--seq-len", minimum=2) if seq_lens else None,
+        precisions=tuple(dict.fromkeys(p.strip() for p in precisions.split(","))) if precisions else None,
         data=data,
         real_text=real_text,
         static_shapes=static_shapes,
         threads=threads,
-        timing=Timing(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds),
+        timing=Timing(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds),
         save=not no_save,
     )
     report = run_bench(str(bundle), config)

@@ -48,11 +48,16 @@ class OutputDir(click.Path):
         return path
 
 
-def ints(text: str) -> tuple[int, ...]:
+def ints(text: str, option: str, minimum: int) -> tuple[int, ...]:
+    """``option``'s comma-separated integers, each at least ``minimum``; each once, in order."""
     try:
-        values = tuple(dict.fromkeys(int(v) for v in text.split(",")))  # each once, in order
+        values = tuple(dict.fromkeys(int(v) for v in text.split(",")))
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers (e.g. 1,8)") from None
+        raise click.BadParameter(
+            f"'{text}' is not a comma-separated list of integers (e.g. 1,8)", param_hint=option
+        ) from None
+    if min(values) < minimum:
+        raise click.BadParameter(f"'{text}': each value must be at least {minimum}", param_hint=option)
     return values
 
 
@@ -171,6 +176,19 @@ def refuse_ignored(options: dict[str, Any]) -> None:
             raise click.UsageError(f"{', '.join(ignored)}: INT8 options, for --quantize int8 only")
     if options.get("fp16_weights") and options.get("target") != "openvino":
         raise click.UsageError("--fp16-weights: for --target openvino only")
+    method = options.get("calibration")
+    if given("target_agreement") and method != "distill":
+        raise click.UsageError(
+            "--target-agreement: for --calibration distill only (the other methods keep the most "
+            "sensitive layer in float; --eval-data with --max-drop gives any method an accuracy budget)"
+        )
+    if given("max_drop") and not options.get("eval_data"):
+        raise click.UsageError("--max-drop: the accuracy budget on --eval-data, which is not given")
+    if options.get("target") == "openvino" and method == "dynamic" and given("eval_data"):
+        raise click.UsageError(
+            "--eval-data: NNCF's INT8 model (--target openvino without --calibration distill) takes "
+            "no accuracy budget; --calibration distill does"
+        )
 
 
 def schedule_options(command: Callable[..., Any]) -> Callable[..., Any]:

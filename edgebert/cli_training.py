@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgebert.cli_common import JSON, PRECISION, OutputDir, console, explained, print_json, schedule_options
+from edgebert.cli_common import (
+    JSON,
+    PRECISION,
+    OutputDir,
+    console,
+    errors,
+    explained,
+    print_json,
+    schedule_options,
+)
 
 
 def checkpoint_out(**settings: Any) -> Callable[..., Any]:
@@ -27,6 +37,21 @@ def report(summary: dict[str, Any], as_json: bool, line: Callable[[], str]) -> N
         console.print(line())
 
 
+@contextlib.contextmanager
+def resumable(out: Path) -> Iterator[None]:
+    """On Ctrl-C, say how to continue the run from the state it saved."""
+    from edgebert.training.loop import resume_dir
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if resume_dir(out).is_dir():
+            errors.print(
+                f"interrupted: its state is in {resume_dir(out)}/; run the same command with --resume"
+            )
+        raise
+
+
 @click.command()
 @schedule_options
 @click.option("--model", "-m", help="Base checkpoint directory. Default: all-MiniLM-L6-v2.")
@@ -38,7 +63,8 @@ def train(out: Path, as_json: bool, **options: Any) -> None:
     from edgebert.training import TrainConfig
     from edgebert.training import train as run_train
 
-    summary = run_train(out, TrainConfig(**options))
+    with resumable(out):
+        summary = run_train(out, TrainConfig(**options))
     report(
         summary,
         as_json,
@@ -139,7 +165,8 @@ def distill(out: Path, as_json: bool, **options: Any) -> None:
     from edgebert.training import DistillConfig
     from edgebert.training import distill as run_distill
 
-    summary = run_distill(out, DistillConfig(**options))
+    with resumable(out):
+        summary = run_distill(out, DistillConfig(**options))
     report(
         summary,
         as_json,

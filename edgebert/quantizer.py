@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import random
 import shutil
@@ -137,6 +139,11 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     reference, _ = teacher.outputs(texts)
     teacher.session = None  # its tokenizer is all that is needed from here: free fp32's weights
     made_from_int8 = manifest.descendants("int8")  # an earlier model's calibration file, its IR
+    if made_from_int8:
+        log.warning(
+            "the INT8 model is replaced, and with it what was made from it: %s",
+            ", ".join(sorted(made_from_int8)),
+        )
     for name in made_from_int8:
         (stage / manifest.artifacts[name].file).unlink(missing_ok=True)
     manifest = manifest.without(made_from_int8)
@@ -173,6 +180,7 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
 
     search = _choose_float_nodes(fp32_path, build, teacher, texts, reference, config)
     search["sensitivity"]["measured_on"] = measured_on
+    search["calibration_texts_sha256"] = texts_digest(texts)
     build(stage / INT8_FILE, search["kept_float"])
     shutil.rmtree(work, ignore_errors=True)  # (a failed run discards the whole stage)
     made_by = {
@@ -255,11 +263,22 @@ def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
             "measure on held-out text"
         )
     if config.calibration_data is None:
+        if config.method != "dynamic" or config.target == "openvino":  # ranges measured on them
+            log.warning(
+                "calibrating on the %d built-in sentences, too few for reliable ranges: give "
+                "--calibration-data (training text)",
+                len(SENTENCES),
+            )
         return list(SENTENCES), f"{len(SENTENCES)} built-in sentences"
     texts = read_examples(config.calibration_data, labeled=False).texts
     if len(texts) > config.calibration_samples:
         texts = random.Random(config.seed).sample(texts, config.calibration_samples)
     return texts, f"{len(texts)} texts of {config.calibration_data} (seed {config.seed})"
+
+
+def texts_digest(texts: list[Any]) -> str:
+    """What identifies calibration texts: their content, not the path they were read from."""
+    return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
 
 
 def _choose_float_nodes(
@@ -397,7 +416,14 @@ def validate_against_parent(bundle: Bundle, name: str, config: QuantizeConfig) -
     parent_name = bundle.manifest.artifacts[name].parent or "fp32"
     parent, _ = Predictor(bundle, precision=parent_name).outputs(SENTENCES)
     child, _ = Predictor(bundle, precision=name).outputs(SENTENCES)
-    task = bundle.manifest.task
+    return judged(bundle.manifest.task, parent, child, config, name, parent_name)
+
+
+def judged(
+    task: str, parent: Any, child: Any, config: QuantizeConfig, name: str, parent_name: str
+) -> dict[str, Any]:
+    """The fidelity figures of ``child``'s outputs against ``parent``'s on the built-in sentences;
+    raise where they are beyond ``config``'s tolerance."""
     figures = fidelity(task, parent, child)
     if task == "classify":
         ok = figures["agreement"] >= config.min_agreement and figures["max_prob_diff"] <= config.max_prob_diff

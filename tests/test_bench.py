@@ -8,7 +8,7 @@ import pytest
 from conftest import requires_no_cuda_provider
 from edgebert.benchmarks import BenchConfig, Timing, bench
 from edgebert.benchmarks.latency import latency_stats, noisy
-from edgebert.benchmarks.report import pareto
+from edgebert.benchmarks.report import caption, pareto
 from edgebert.errors import EdgebertError
 from edgebert.runtime import BackendError
 
@@ -31,7 +31,9 @@ ROW_KEYS = {
     "load_ms",
     "first_inference_ms",
     "runs",
+    "timed_seconds",
     "warmup_runs",
+    "p50_vs_fp32",
 }
 
 
@@ -56,10 +58,23 @@ def test_bench_measures_every_precision(classify_bundle: Path, sentiment_files: 
         assert row["runs"] >= 5 and row["warmup_runs"] == 2
         assert 0 <= row["accuracy"] <= 1 and row["peak_rss_mb"] > 10
     assert rows[0]["agreement"] == 1.0  # fp32 against itself
+    assert rows[0]["p50_vs_fp32"] == 1.0 and rows[2]["p50_vs"] == rows[0]["name"]
+    assert rows[2]["p50_vs_fp32"] == rows[2]["latency_ms"]["p50"] / rows[0]["latency_ms"]["p50"]
     assert rows[2]["size_mb"] < rows[0]["size_mb"]
     saved = json.loads(Path(report["saved_to"]).read_text())
     assert saved["results"] == json.loads(json.dumps(rows))
     Path(report["saved_to"]).unlink()
+
+
+def test_a_shape_cut_short_by_max_seconds_is_said(classify_bundle: Path) -> None:
+    timing = Timing(warmup=1, min_runs=10**9, min_seconds=0.0, max_seconds=0.5)
+    report = bench(
+        str(classify_bundle), BenchConfig(batch_sizes=(1,), seq_lens=(8,), timing=timing, save=False)
+    )
+    runs = [r["runs"] for r in report["results"]]
+    assert all(0 < n < 10**9 for n in runs)
+    assert any("timing stopped at --max-seconds (0.5 s a shape)" in w for w in report["warnings"])
+    assert f"over {min(runs):,}" in caption(report) and "10000000" not in caption(report)
 
 
 def test_bench_refuses_bad_requests(classify_bundle: Path) -> None:

@@ -84,6 +84,10 @@ def test_quantize_adds_int8(
         (["export", "--model", "org/some-bert"], 1, "never downloads"),
         (["export", "--quantize", "int4"], 2, "Invalid value for '--quantize'"),
         (["bench", "nowhere", "--batch-size", "one"], 2, "comma-separated"),
+        (["bench", "nowhere", "--batch-size", "1,0"], 2, "each value must be at least 1"),
+        (["bench", "nowhere", "--real-text", "--seq-len", "16"], 2, "one text per call at its own length"),
+        (["bench", "nowhere", "--static-shapes", "2"], 2, "for --device openvino only"),
+        (["bench", "nowhere", "--min-seconds", "2", "--max-seconds", "1"], 2, "below --min-seconds 2"),
         (["bench", "nowhere", "--device", "gpu"], 1, "no bundle"),
     ],
 )
@@ -91,6 +95,17 @@ def test_errors_are_one_line(args: list[str], code: int, message: str) -> None:
     exit_code, stdout, stderr = run(*args)
     assert exit_code == code
     assert message in stderr and "Traceback" not in stderr + stdout
+
+
+def test_a_checkpoint_is_not_taken_for_a_bundle(tiny_classifier: Path) -> None:
+    code, _, stderr = run("calibrate", str(tiny_classifier))
+    assert code == 1 and "is a model checkpoint, not a bundle" in stderr
+    assert f"edgebert export --model {tiny_classifier} --out BUNDLE" in stderr
+
+
+def test_calibrate_refuses_dynamic_int8(classify_bundle: Path) -> None:
+    code, _, stderr = run("calibrate", str(classify_bundle), "--calibration", "dynamic")
+    assert code == 2 and "nothing to calibrate" in stderr
 
 
 def test_bench_gpu_without_cuda(classify_bundle: Path) -> None:
@@ -196,6 +211,13 @@ def test_options_a_run_would_not_use_are_refused(
     )
     fp16 = runner.invoke(main, ["quantize", str(classify_bundle), "--fp16-weights"])
     assert fp16.exit_code == 2 and "for --target openvino only" in fp16.stderr
+    for args, reason in (
+        (["--target-agreement", "0.9"], "for --calibration distill only"),
+        (["--max-drop", "1"], "the accuracy budget on --eval-data, which is not given"),
+        (["--target", "openvino", "--eval-data", str(sentiment_files[1])], "takes no accuracy budget"),
+    ):
+        unused = runner.invoke(main, ["quantize", str(classify_bundle), *args])
+        assert unused.exit_code == 2 and reason in unused.stderr
     real = runner.invoke(main, ["bench", str(classify_bundle), "--real-text", "--batch-size", "8"])
     assert real.exit_code == 2 and "--real-text times one text per call" in real.stderr
     both = ["--student", "x", "--student-layers", "1", "-o", str(tmp_path / "s")]

@@ -5,6 +5,7 @@ inference; nothing is mocked."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -123,6 +124,16 @@ def test_distill_converts_the_distill_int8_model(
     quantize(out, config)
     again = json.loads((out / "manifest.json").read_text())["artifacts"]
     assert again["int8"]["sha256"] == int8["sha256"] and again["int8"]["made_by"] == int8["made_by"]
+    # the texts decide, not the path they were read from: a copy of the file is the same texts,
+    # other lines under that name are not
+    copy = tmp_path / "copy.tsv"
+    shutil.copy(sentiment_files[0], copy)
+    quantize(out, dataclasses.replace(config, calibration_data=str(copy)))
+    assert json.loads((out / "manifest.json").read_text())["artifacts"]["int8"]["sha256"] == int8["sha256"]
+    copy.write_text(sentiment_files[1].read_text())
+    quantize(out, dataclasses.replace(config, calibration_data=str(copy)))
+    remade = json.loads((out / "manifest.json").read_text())["artifacts"]["int8"]["made_by"]
+    assert remade["calibration_texts_sha256"] != int8["made_by"]["calibration_texts_sha256"]
     # replacing the INT8 model removes what was made from it: its calibration file and its IR
     quantize(out, QuantizeConfig(method="dynamic"))
     left = json.loads((out / "manifest.json").read_text())["artifacts"]
@@ -154,8 +165,13 @@ def test_bench_across_targets_with_report(
     assert len(report["results"]) == (2 + openvino_rows) * 4  # every target x model at 2 batches x 2 lengths
     for row in report["results"]:
         assert 0 <= row["accuracy"] <= 1 and row["first_inference_ms"] > 0 and row["size_mb"] > 0
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "latency-accuracy-b32-s384.png").write_bytes(b"an earlier report's plot")
+    (tmp_path / "report" / "notes.txt").write_text("the user's")
     written = write_report(report, tmp_path / "report")
     names = sorted(p.name for p in written)
+    # the plots are this report's alone; nothing else in the directory is touched
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted([*names, "notes.txt"])
     assert names[:3] == [
         "latency-accuracy-b1-s16.png",
         "latency-accuracy-b1-s8.png",

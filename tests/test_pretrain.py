@@ -133,6 +133,21 @@ def test_pretrain_refuses_bad_requests(corpus: Path, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 1 and "not divisible" in result.stderr
+    one_word_lines = tmp_path / "words.txt"
+    one_word_lines.write_text("hello\n\nworld\n")  # two documents of one word: no pair to learn from
+    result = CliRunner().invoke(
+        main, ["pretrain", "--corpus", str(one_word_lines), "-o", str(tmp_path / "z")]
+    )
+    assert result.exit_code == 1 and "gives 0 sentence pair(s)" in result.stderr
+    # an --out that is not a checkpoint is refused before any training, not after it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("the user's")
+    result = CliRunner().invoke(
+        main,
+        ["pretrain", "--corpus", str(corpus), "-o", str(tmp_path / "mine"), "--force", "--max-steps", "1"],
+    )
+    assert result.exit_code == 1 and "holds no config.json" in result.stderr and "step" not in result.stderr
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
 
 
 def test_a_vocab_that_is_not_bert_s_is_refused(tmp_path: Path) -> None:

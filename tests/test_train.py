@@ -55,3 +55,20 @@ def test_a_base_classifier_keeps_its_labels_only_for_its_own_classes() -> None:
     assert head_labels(base, ("positive", "negative")) == base  # in the head's order, not sorted
     assert head_labels(base, ("favorable", "unfavorable")) == ("favorable", "unfavorable")  # a new head
     assert head_labels((), ("0", "1")) == ("0", "1")
+
+
+def test_an_out_not_a_checkpoint_is_refused_before_training(tiny_classifier: Path, tmp_path: Path) -> None:
+    import pytest
+
+    from edgebert.errors import EdgebertError
+
+    data = write_tsv(tmp_path / "train.tsv", sentiment_rows(16, 5))
+    dev = write_tsv(tmp_path / "dev.tsv", sentiment_rows(8, 6))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("the user's")
+    config = TrainConfig(data=str(data), eval_data=str(dev), model=str(tiny_classifier), force=True)
+    with pytest.raises(EdgebertError, match="holds no config"):
+        train(tmp_path / "mine", config)
+    # nothing was trained: no resumable state was saved, and the directory is as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.tsv", "mine", "train.tsv"]
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]

@@ -22,6 +22,7 @@ from edgebert.benchmarks.latency import (
     Timing,
     measure_models,
 )
+from edgebert.benchmarks.report import with_fp32_ratios
 from edgebert.benchmarks.system import system_info
 from edgebert.bundle import REPORTS, Bundle
 from edgebert.data import encode_labels, read_examples
@@ -78,12 +79,14 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         require_backend(device)
     subjects, skipped = _subjects(bundle, config)
     seq_lens = config.seq_lens or (min(DEFAULT_SEQ_LEN, bundle.manifest.max_length),)
-    too_long = [s for s in seq_lens if not 2 <= s <= bundle.manifest.max_length]
-    if (too_long and not config.real_text) or not config.batch_sizes or min(config.batch_sizes) < 1:
+    outside = [s for s in seq_lens if not 2 <= s <= bundle.manifest.max_length]
+    if outside and not config.real_text:
         raise EdgebertError(
-            f"--seq-len must be 2..{bundle.manifest.max_length} (the bundle's max_length) "
-            "and --batch-size at least 1"
+            f"--seq-len {','.join(map(str, outside))}: must be 2..{bundle.manifest.max_length} "
+            "(the bundle's max_length)"
         )
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise EdgebertError("--batch-size must be at least 1")
     texts, labels = _quality_data(bundle, config)
     quality = _quality(bundle, subjects, texts, labels)
     shapes: list[Shape] = [(b, s) for b in config.batch_sizes for s in seq_lens]
@@ -111,6 +114,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
                     **measured,
                 }
             )
+    results = with_fp32_ratios(results)
     report = {
         "edgebert_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -125,7 +129,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         "system": system_info(),
         "results": results,
         "skipped": skipped,
-        "warnings": _warnings(results),
+        "warnings": _warnings(results, config.timing),
     }
     if config.save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -205,14 +209,24 @@ def _describe(shapes: list[Shape]) -> str:
     return ", ".join(f"batch {b} x {s} tokens" for b, s in shapes)
 
 
-def _warnings(results: list[dict[str, Any]]) -> list[str]:
+def _warnings(results: list[dict[str, Any]], timing: Timing) -> list[str]:
+    warnings = []
     noisy = [r["name"] for r in results if r["noisy"]]
-    if not noisy:
-        return []
-    return [
-        f"p99 was more than {NOISY_SPREAD:g}x p50 for {', '.join(noisy)}: the machine was busy or the "
-        "timings are unstable; close other work and rerun, or read the ratios rather than the times"
+    if noisy:
+        warnings.append(
+            f"p99 was more than {NOISY_SPREAD:g}x p50 for {', '.join(noisy)}: the machine was busy or "
+            "the timings are unstable; close other work and rerun, or read the ratios rather than the times"
+        )
+    short = [
+        r["name"] for r in results if r["runs"] < timing.min_runs or r["timed_seconds"] < timing.min_seconds
     ]
+    if short:
+        warnings.append(
+            f"timing stopped at --max-seconds ({timing.max_seconds:g} s a shape) before "
+            f"{', '.join(short)} reached --min-runs {timing.min_runs} and --min-seconds "
+            f"{timing.min_seconds:g}: see each row's runs"
+        )
+    return warnings
 
 
 def _quality_data(bundle: Bundle, config: BenchConfig) -> tuple[list[Any], np.ndarray | None]:

@@ -5,8 +5,10 @@ No torch."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +129,7 @@ def _summary(shape: Shape, seconds: list[float], timing: Timing) -> dict[str, An
         "latency_ms": stats,
         "throughput_per_s": int(batch) * len(seconds) / sum(seconds),
         "runs": len(seconds),
+        "timed_seconds": sum(seconds),
         "warmup_runs": timing.warmup,
         "noisy": noisy(stats) if seq_len != "real" else False,  # real text: the spread is the texts' lengths
     }
@@ -152,6 +155,7 @@ def _receive(conn: Connection) -> dict[str, Any]:
 
 def _child(conn: Connection, subject: Subject, threads: int | None) -> None:
     """Serve timing requests for one model until told to stop; errors are sent back to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it closes the pipe, this ends
     try:
         from edgebert.bundle import Bundle
         from edgebert.runtime import computed_in
@@ -188,8 +192,11 @@ def _child(conn: Connection, subject: Subject, threads: int | None) -> None:
                     step()
                     seconds.append(time.perf_counter() - start)
                 conn.send({"seconds": seconds})
+    except EOFError:  # the parent closed the pipe: it stopped early, or was interrupted
+        return
     except BaseException as exc:  # the parent re-raises it
-        conn.send(exc)
+        with contextlib.suppress(OSError):  # unless it is gone
+            conn.send(exc)
 
 
 def _step(predictor: Any, shape: Shape) -> Callable[[], Any]:

@@ -31,19 +31,29 @@ COLUMNS = (
 )
 
 
-def rows(report: dict[str, Any]) -> list[list[str]]:
-    """The report's results as table cells (``COLUMNS``), each latency also as a ratio to fp32 on
-    ONNX Runtime CPU at the same shape (or to the first model computing in fp32 there)."""
+def with_fp32_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results``, each with its p50 latency as a ratio to fp32's on ONNX Runtime CPU at the same
+    shape (or to the first row computing in fp32 there): ``p50_vs_fp32``, and that row's name in
+    ``p50_vs``; None where the shape has no fp32 row."""
     fp32: dict[tuple[Any, Any], dict[str, Any]] = {}
-    for r in report["results"]:
+    for r in results:
         exact = r["inference_precision"] in ("fp32", "f32")
         if exact and (r["target"] == "cpu" or (r["batch_size"], r["seq_len"]) not in fp32):
             fp32[(r["batch_size"], r["seq_len"])] = r
+    ratioed = []
+    for r in results:
+        reference = fp32.get((r["batch_size"], r["seq_len"]))
+        ratio = r["latency_ms"]["p50"] / reference["latency_ms"]["p50"] if reference else None
+        ratioed.append({**r, "p50_vs_fp32": ratio, "p50_vs": reference["name"] if reference else None})
+    return ratioed
+
+
+def rows(report: dict[str, Any]) -> list[list[str]]:
+    """The report's results as table cells (``COLUMNS``)."""
     cells = []
     for r in report["results"]:
         latency = r["latency_ms"]
-        reference = fp32.get((r["batch_size"], r["seq_len"]))
-        ratio = f"{latency['p50'] / reference['latency_ms']['p50']:.2f}×" if reference else "–"
+        ratio = f"{r['p50_vs_fp32']:.2f}×" if r.get("p50_vs_fp32") is not None else "–"
         cells.append(
             [
                 r["target"],
@@ -72,9 +82,11 @@ def _model(row: dict[str, Any]) -> str:
 
 def caption(report: dict[str, Any]) -> str:
     first = report["results"][0]
+    fewest, most = min(r["runs"] for r in report["results"]), max(r["runs"] for r in report["results"])
+    runs = f"{fewest:,}" if fewest == most else f"{fewest:,}–{most:,}"
     return (
-        f"shape: batch × tokens; latency percentiles ({report['percentile_method']}) over at least "
-        f"{report['timing']['min_runs']} timed runs ({report['timed_on']}) after "
+        f"shape: batch × tokens; latency percentiles ({report['percentile_method']}) over {runs} "
+        f"timed runs a row ({report['timed_on']}) after "
         f"{report['timing']['warmup']} warm-up runs; peak MB: the process's peak resident memory; "
         "first ms: the first inference; static: compiled for each input shape; "
         f"agreement ({first['agreement_metric']}) with {first['agreement_with']} on {report['quality_data']}"
@@ -162,6 +174,8 @@ def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
         path = directory / f"latency-accuracy-b{batch}-s{seq_len}.png"
         _plot([r for r in report["results"] if (r["batch_size"], r["seq_len"]) == (batch, seq_len)], path)
         written.append(path)
+    for stale in set(directory.glob("latency-accuracy-b*-s*.png")) - set(written):  # an earlier report's
+        stale.unlink()
     return written
 
 

@@ -52,11 +52,12 @@ def soak(bundle: str | Path, config: SoakConfig = SoakConfig()) -> dict[str, Any
     first_error: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + config.seconds
+    stop = threading.Event()  # set on Ctrl-C (or any error here): the callers end their call and stop
 
     def caller(index: int) -> None:
         rng = random.Random(config.seed + index)
         done = errors = mismatches = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             text = rng.choice(texts)
             try:
                 result = predictors[index].predict([text])[0]
@@ -73,13 +74,19 @@ def soak(bundle: str | Path, config: SoakConfig = SoakConfig()) -> dict[str, Any
     workers = [threading.Thread(target=caller, args=(i,)) for i in range(config.threads)]
     rss_peak = rss_warm = rss_start
     warm_at = time.monotonic() + config.seconds / 5  # threads' first calls allocate their buffers
-    for worker in workers:
-        worker.start()
-    while any(w.is_alive() for w in workers):
-        rss = process.memory_info().rss / 2**20
-        rss_peak = max(rss_peak, rss)
-        rss_warm = rss if time.monotonic() < warm_at else rss_warm
-        time.sleep(0.2)
+    try:
+        for worker in workers:
+            worker.start()
+        while any(w.is_alive() for w in workers):
+            rss = process.memory_info().rss / 2**20
+            rss_peak = max(rss_peak, rss)
+            rss_warm = rss if time.monotonic() < warm_at else rss_warm
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for worker in workers:
+            if worker.is_alive():
+                worker.join()
     rss_end = process.memory_info().rss / 2**20
     rss_peak = max(rss_peak, rss_end)  # sampled while it ran: the end is a sample too
     return {

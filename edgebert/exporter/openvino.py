@@ -68,7 +68,7 @@ def openvino_into(stage: Path, manifest: Manifest, config: Any, *, int8: bool) -
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
-    manifest = manifest.with_validation("openvino-fp32", _validate_fp32(stage, manifest))
+    manifest = manifest.with_validation("openvino-fp32", _validate_fp32(stage, manifest, config))
     if not int8:
         return manifest
     from edgebert.quantizer import calibration_texts, validated
@@ -76,7 +76,7 @@ def openvino_into(stage: Path, manifest: Manifest, config: Any, *, int8: bool) -
     texts, measured_on = calibration_texts(config)
     made_by: dict[str, Any]
     if config.method == "distill":
-        manifest = _distill_int8(stage, manifest, config, measured_on)
+        manifest = _distill_int8(stage, manifest, config, texts)
         started = time.perf_counter()
         source = manifest.artifacts["int8"].file
         quantized = ov.convert_model(str(stage / source))
@@ -107,13 +107,13 @@ def openvino_into(stage: Path, manifest: Manifest, config: Any, *, int8: bool) -
     return validated(stage, manifest, "openvino-int8", config)
 
 
-def _distill_int8(stage: Path, manifest: Manifest, config: Any, measured_on: str) -> Manifest:
-    """``manifest`` once ``stage`` has a distill INT8 model calibrated on ``measured_on`` to
-    ``config``'s target: the bundle's own, or one made now (replacing any other INT8 model)."""
-    from edgebert.quantizer import quantize_into
+def _distill_int8(stage: Path, manifest: Manifest, config: Any, texts: list[Any]) -> Manifest:
+    """``manifest`` once ``stage`` has a distill INT8 model calibrated on ``texts`` to ``config``'s
+    target: the bundle's own, or one made now (replacing any other INT8 model)."""
+    from edgebert.quantizer import quantize_into, texts_digest
 
     made = manifest.artifacts["int8"].made_by if "int8" in manifest.artifacts else {}
-    wanted = {"method": "distill", "measured_on": measured_on, "target": config.target_agreement}
+    wanted = {"method": "distill", "texts": texts_digest(texts), "target": config.target_agreement}
     if _how_calibrated(made) == wanted and config.eval_data is None:
         log.info("converting the bundle's distill INT8 model to OpenVINO")
         return manifest
@@ -122,10 +122,11 @@ def _distill_int8(stage: Path, manifest: Manifest, config: Any, measured_on: str
 
 
 def _how_calibrated(made_by: dict[str, Any]) -> dict[str, Any]:
-    """The method, calibration texts and agreement target of an INT8 model, from its ``made_by``."""
+    """The method, calibration texts (their digest) and agreement target of an INT8 model, from
+    its ``made_by``."""
     return {
         "method": made_by.get("method"),
-        "measured_on": made_by.get("sensitivity", {}).get("measured_on"),
+        "texts": made_by.get("calibration_texts_sha256"),
         "target": made_by.get("agreement_target", {}).get("target"),
     }
 
@@ -161,11 +162,18 @@ def _save(
     return manifest.with_artifact(f"{name}.bin", artifact(stage, weights, kind="weights", parent=name))
 
 
-def _validate_fp32(stage: Path, manifest: Manifest, tolerance: float = 1e-4) -> dict[str, Any]:
-    """The IR at f32 against the ONNX model on ONNX Runtime, on the built-in sentences."""
+def _validate_fp32(stage: Path, manifest: Manifest, config: Any, tolerance: float = 1e-4) -> dict[str, Any]:
+    """The IR at f32 against the ONNX model on ONNX Runtime, on the built-in sentences: to
+    ``tolerance``, or with fp16 weights (which alone move MiniLM's logits by about 2e-3) by the
+    fidelity test of every model of another precision."""
+    from edgebert.quantizer import judged
+
     bundle = Bundle(stage, manifest)
     parent, _ = Predictor(bundle, precision="fp32").outputs(SENTENCES)
     child, _ = Predictor(bundle, precision="openvino-fp32", inference_precision="f32").outputs(SENTENCES)
+    if config.fp16_weights:
+        figures = judged(manifest.task, parent, child, config, "openvino-fp32 (fp16 weights)", "fp32")
+        return {**figures, "inference_precision": "f32", "max_abs_diff": float(abs(parent - child).max())}
     worst = close_outputs(parent, child, tolerance, "the OpenVINO IR at f32 differs from the ONNX model")
     return {
         "against": "fp32",

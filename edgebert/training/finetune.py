@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebert.atomic import staging, write_json
+from edgebert.atomic import check_replaceable, staging, write_json
 from edgebert.data import Examples, encode_labels, label_index, label_names, read_examples
-from edgebert.errors import DataError, ModelError, require
+from edgebert.errors import DataError, require
 from edgebert.models import Checkpoint, resolve
 from edgebert.training.loop import Schedule, check_resume, fit, is_main_process, resume_dir
 
@@ -82,8 +82,7 @@ def prepare(out: str | Path, config: Schedule) -> tuple[Examples, Examples, tupl
 
     if Path(config.data).resolve() == Path(config.eval_data).resolve():
         raise DataError("--data and --eval are the same file: evaluate on held-out data")
-    if Path(out).exists() and not config.force:
-        raise ModelError(f"'{out}' already exists: choose another --out or pass --force to replace it")
+    check_replaceable(Path(out), replace=config.force, marker="config.json")
     check_resume(out, config)
     train_examples, dev_examples = read_examples(config.data), read_examples(config.eval_data)
     names = label_names(train_examples.labels or [])

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebert.atomic import staging, write_json
+from edgebert.atomic import check_replaceable, staging, write_json
 from edgebert.errors import DataError, EdgebertError, require
 from edgebert.training.loop import accelerator, optimizer_step
 
@@ -131,8 +131,7 @@ def pretrain(out: str | Path, config: PretrainConfig) -> dict[str, Any]:
     if config.preset not in PRESETS:
         raise EdgebertError(f"unknown --config '{config.preset}': choose one of {', '.join(PRESETS)}")
     out = Path(out)
-    if out.exists() and not config.force:
-        raise EdgebertError(f"'{out}' already exists: choose another --out or pass --force to replace it")
+    check_replaceable(out, replace=config.force, marker="config.json")
     layers, hidden, heads = (
         override or preset
         for override, preset in zip(
@@ -147,9 +146,14 @@ def pretrain(out: str | Path, config: PretrainConfig) -> dict[str, Any]:
     documents = read_corpus(config.corpus)
     tokenizer = build_tokenizer(config, documents)
     pairs = sentence_pairs(documents, rng)
+    if len(pairs) < 2:
+        raise DataError(
+            f"'{config.corpus}' gives {len(pairs)} sentence pair(s), and pretraining needs two (one "
+            "held out): a pair is two consecutive lines of a document, or a line of two words or more"
+        )
     rng.shuffle(pairs)
-    n_heldout = min(max(1, int(len(pairs) * config.heldout)), 2048)
-    heldout, training = pairs[:n_heldout], pairs[n_heldout:] or pairs
+    n_heldout = min(max(1, int(len(pairs) * config.heldout)), 2048, len(pairs) - 1)
+    heldout, training = pairs[:n_heldout], pairs[n_heldout:]
     model = BertForPreTraining(
         BertConfig(
             vocab_size=len(tokenizer),
