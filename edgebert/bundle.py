@@ -144,7 +144,7 @@ class Bundle:
                 f"bundle '{path}' holds files its manifest does not list ({', '.join(unknown)}): "
                 "remove them or re-export the bundle"
             )
-        return cls(path, manifest)
+        return cls(path.absolute(), manifest)  # a process that changes directory still finds it
 
 
 def read_manifest(path: Path) -> Manifest:

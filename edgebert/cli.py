@@ -314,17 +314,20 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict TEXTS with BUNDLE (one text per line on stdin when no TEXTS are given)."""
+    from edgebert.data import decode
     from edgebert.runtime import Predictor
 
-    if not texts:  # one text per line on stdin; bytes that are not UTF-8 become U+FFFD
-        stdin = sys.stdin.buffer.read().decode("utf-8", "replace")
+    if not texts:  # one text per line on stdin, decoded as data files are
+        stdin = decode(sys.stdin.buffer.read(), "stdin")[0].rstrip("\r\n")
         # lines end at \n or \r\n alone (not at the other breaks str.splitlines knows): one answer
-        # per line
-        lines = [line.removesuffix("\r") for line in stdin.removesuffix("\n").split("\n")]
-        if pair:  # a blank line skipped would shift every pair after it
-            blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
-            if blank is not None and stdin.strip():
-                raise click.BadParameter(f"stdin line {blank + 1} is empty: --pair reads two lines a pair")
+        # per line, so a blank line (which has no answer) is refused rather than skipped
+        lines = [line.removesuffix("\r") for line in stdin.split("\n")]
+        blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+        if blank is not None and stdin.strip():
+            raise click.BadParameter(
+                f"stdin line {blank + 1} is empty: one text a line"
+                + (", two lines a pair" if pair else ", so that answers line up with lines")
+            )
         texts = tuple(line for line in lines if line.strip())
         if not texts:
             errors.print("warning: no texts on stdin: nothing to predict")

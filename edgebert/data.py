@@ -2,16 +2,23 @@
 sentence pairs (MRPC), TREC's ``COARSE:fine question`` lines, and two-column files without a header.
 
 Tolerant where it is safe, strict where a silent wrong answer is possible:
-- a UTF-8 byte-order mark and CRLF line endings are accepted; a file that is not valid UTF-8 is
-  read as latin-1 (TREC ships that way) and ``Examples.encoding`` says so;
-- a ragged row, a missing label or a file with no rows is an error naming the line.
+- a UTF-8 byte-order mark, CRLF and CR line endings and UTF-16 with its byte-order mark are
+  accepted; a file that is not valid UTF-8 is read with a warning naming the first bad line: as
+  UTF-8 with the stray bytes replaced where most of its other non-ASCII text is UTF-8, else as
+  Windows-1252 (TREC ships in latin-1); ``Examples.encoding`` says which;
+- a compressed file, a ragged row, a missing label or a file with no rows is an error naming the
+  line;
+- two columns without a header are text then label, or label then text where only the first
+  column holds labels (single words); ``text;label`` lines only where every label is one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,7 @@ _PAIR_COLUMNS = ("sentence2", "#2 string", "text_pair", "hypothesis")
 _LABEL_COLUMNS = ("label", "label_name", "quality", "class", "category")
 _COLUMNS = _TEXT_COLUMNS + _PAIR_COLUMNS + _LABEL_COLUMNS  # the names that make a first line a header
 _TREC_LINE = re.compile(r"^([A-Z]+):\S+ (.+)$")
+log = logging.getLogger("edgebert")
 
 
 @dataclass(frozen=True)
@@ -48,9 +56,7 @@ class Examples:
 def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     """Read ``path``; with ``labeled`` every row must carry a label."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file '{path}' does not exist")
-    text, encoding = _decode(path.read_bytes())
+    text, encoding = _read(path, "data file")
     # split on newlines only: str.splitlines() also breaks on \x0b, \x1c, U+2028 inside a text
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
@@ -129,16 +135,52 @@ def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
 
 
 def read_text(path: Path) -> str:
-    """A plain-text file's contents: UTF-8 (a BOM allowed), else latin-1; CRLF read as LF."""
+    """A plain-text file's contents, decoded as ``read_examples`` does; CRLF read as LF."""
+    return _read(path, "text file")[0].replace("\r\n", "\n")
+
+
+def _read(path: Path, what: str) -> tuple[str, str]:
+    if path.is_dir():
+        raise DataError(f"{what} '{path}' is a directory: give a file")
     if not path.is_file():
-        raise DataError(f"text file '{path}' does not exist")
-    return _decode(path.read_bytes())[0].replace("\r\n", "\n")
+        raise DataError(f"{what} '{path}' does not exist")
+    return decode(path.read_bytes(), f"'{path}'")
 
 
-def _decode(raw: bytes) -> tuple[str, str]:
+def decode(raw: bytes, source: str) -> tuple[str, str]:
+    """``raw`` text from ``source`` (for messages), and the encoding it was read in: see the module
+    docstring. Line endings of a file that has only CRs become LFs."""
+    if raw[:2] == b"\x1f\x8b" or raw[:4] == b"PK\x03\x04":
+        raise DataError(f"{source} is compressed (gzip or zip): decompress it first")
+    text, encoding = _utf16(raw) or _utf8(raw, source)
+    return (text.replace("\r", "\n") if "\n" not in text else text), encoding
+
+
+def _utf16(raw: bytes) -> tuple[str, str] | None:
+    """UTF-16 text, where ``raw`` starts with its byte-order mark and decodes."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        with contextlib.suppress(UnicodeDecodeError):
+            return raw.decode("utf-16"), "utf-16"
+    return None
+
+
+def _utf8(raw: bytes, source: str) -> tuple[str, str]:
     try:
         return raw.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        return _not_utf8(raw, source, raw.count(b"\n", 0, exc.start) + 1)
+
+
+def _not_utf8(raw: bytes, source: str, line: int) -> tuple[str, str]:
+    replaced = raw.decode("utf-8-sig", errors="replace")
+    bad = replaced.count("\ufffd") - raw.count("\ufffd".encode())
+    if sum(ord(c) > 127 for c in replaced) - bad > bad:  # mostly UTF-8: a few stray bytes
+        log.warning("%s line %d has bytes that are not UTF-8: each replaced by U+FFFD", source, line)
+        return replaced, "utf-8 (stray bytes replaced)"
+    log.warning("%s is not UTF-8 (line %d): read as Windows-1252", source, line)
+    try:
+        return raw.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:  # the five bytes Windows-1252 leaves undefined: latin-1 has them all
         return raw.decode("latin-1"), "latin-1"
 
 
@@ -180,7 +222,7 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
             delimiter = "\t"
         elif head.count(",") and all(h.strip().lower() in _COLUMNS for h in head.split(",")):
             delimiter = ","
-        elif all(";" in line for line in lines if line.strip()):
+        elif all(";" in line and _label_like(line.rsplit(";", 1)[1]) for line in lines if line.strip()):
             delimiter = ";"
         else:
             delimiter = "\t"
@@ -194,14 +236,26 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
             else csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
         )
         split, numbers = [], []  # each record, and the file line it starts on
-        for fields in reader:  # a quoted CSV field may span lines
-            numbers.append(reader.line_num - sum(f.count("\n") for f in fields))
-            split.append(fields)
+        try:
+            for fields in reader:  # a quoted CSV field may span lines
+                numbers.append(reader.line_num - sum(f.count("\n") for f in fields))
+                split.append(fields)
+        except csv.Error as exc:  # a carriage return alone inside a line, a NUL byte
+            why = "a carriage return (\\r) inside it" if "new-line" in str(exc) else str(exc)
+            raise DataError(f"'{path}' line {max(1, reader.line_num)} cannot be read: {why}") from exc
     header = [h.strip().lower() for h in split[first]]
     has_header = any(h in _COLUMNS for h in header)
     if not has_header:
-        # No header: one column is text; two columns are text then label (AG News, SST-2 without header).
+        # No header: one column is text; two are text then label (SST-2 without its header), or
+        # label then text where only the first column holds labels (the Yelp reviews CSV)
         header = ["text"] if len(header) == 1 else ["text", "label"] if len(header) == 2 else []
+        two = [f for f in split[first:] if len(f) == 2]
+        if (
+            len(header) == 2
+            and all(_label_like(a) for a, _ in two)
+            and not all(_label_like(b) for _, b in two)
+        ):
+            header = ["label", "text"]
         if not header:
             raise DataError(
                 f"'{path}' has {len(split[first])} columns and no header: "
@@ -219,12 +273,19 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
     return rows
 
 
+def _label_like(field: str) -> bool:
+    """Whether ``field`` could be a label: one short word (``1``, ``positive``, ``__label__2``)."""
+    return 0 < len(field.strip()) <= 32 and not any(c.isspace() for c in field.strip())
+
+
 def _row(path: Path, number: int, fields: dict[str, object]) -> Row:
     text = next((fields[c] for c in _TEXT_COLUMNS if c in fields), None)
     if not isinstance(text, str):
         raise DataError(f"'{path}' line {number} has no text column (one of: {', '.join(_TEXT_COLUMNS)})")
     pair = next((fields[c] for c in _PAIR_COLUMNS if c in fields), None)
     label = next((fields[c] for c in _LABEL_COLUMNS if c in fields), None)
+    if isinstance(label, bool | float) and int(label) == label:  # JSON's true, 1.0: the index 1
+        label = int(label)
     label = None if label is None or str(label).strip() == "" else str(label).strip()
     content: Text = (text.strip(), str(pair).strip()) if pair is not None else text.strip()
     return number, content, label

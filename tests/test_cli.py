@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -160,8 +161,10 @@ def test_predict_reads_undecodable_stdin(classify_bundle: Path) -> None:
     stdin = b"caf\xe9 latte\n\xff\xfe ok\n"
     result = CliRunner().invoke(main, ["predict", str(classify_bundle), "--json"], input=stdin)
     assert result.exit_code == 0, result.stderr
-    assert [r["text"] for r in json.loads(result.stdout)] == ["caf\ufffd latte", "\ufffd\ufffd ok"]
-    nothing = CliRunner().invoke(main, ["predict", str(classify_bundle)], input=b"\xff\xfe\n")
+    # as a data file is: not UTF-8, so Windows-1252, with a warning
+    assert [r["text"] for r in json.loads(result.stdout)] == ["café latte", "ÿþ ok"]
+    assert "stdin is not UTF-8 (line 1)" in result.stderr
+    nothing = CliRunner().invoke(main, ["predict", str(classify_bundle)], input=b"\x01\x02\n")
     assert nothing.exit_code == 1 and "text 0 has no tokens" in nothing.stderr
 
 
@@ -180,6 +183,20 @@ def test_predict_prints_texts_as_they_are(classify_bundle: Path) -> None:
     assert "[b]great[/b]" in table.stdout and "[/INST] x" in table.stdout  # not read as Rich markup
     empty = CliRunner().invoke(main, ["predict", str(classify_bundle), "--json"], input=b"\n")
     assert empty.exit_code == 0 and json.loads(empty.stdout) == [] and "no texts on stdin" in empty.stderr
+
+
+def test_stdin_is_read_as_data_files_are(classify_bundle: Path) -> None:
+    import gzip
+
+    def predict(stdin: bytes) -> Any:
+        return CliRunner().invoke(main, ["predict", str(classify_bundle), "--json"], input=stdin)
+
+    bom = predict("\ufeffgood movie\nbad movie\n".encode())
+    assert [r["text"] for r in json.loads(bom.stdout)] == ["good movie", "bad movie"]
+    gap = predict(b"one\n\ntwo\n")  # answers line up with lines: a blank line has no answer
+    assert gap.exit_code == 2 and "stdin line 2 is empty" in gap.stderr
+    packed = predict(gzip.compress(b"good movie\n"))
+    assert packed.exit_code == 1 and "stdin is compressed" in packed.stderr
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(

@@ -39,6 +39,11 @@ def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
             ["World", "Sports"],
         ),
         ("f.txt", "sentence,label\ngood movie,1\nbad movie,0\n", ["good movie", "bad movie"], ["1", "0"]),
+        # no header, the label first: only the first column holds single words
+        ("g.csv", '"2","a fine, long review"\n"1","dull"\n', ["a fine, long review", "dull"], ["2", "1"]),
+        ("h.tsv", "great\tpositive\nawful\tnegative\n", ["great", "awful"], ["positive", "negative"]),
+        ("i.tsv", "good movie\t1\rbad movie\t0\r", ["good movie", "bad movie"], ["1", "0"]),  # CR endings
+        ("j.jsonl", '{"text": "a", "label": true}\n{"text": "b", "label": 0.0}\n', ["a", "b"], ["1", "0"]),
     ],
 )
 def test_formats(tmp_path: Path, name: str, content: str, texts: list[str], labels: list[str]) -> None:
@@ -62,7 +67,7 @@ def test_trec_latin1(tmp_path: Path) -> None:
         "DESC:manner How did caf\xe9 culture start ?\nHUM:ind Who won ?\n".encode("latin-1"),
     )
     examples = read_examples(path)
-    assert examples.encoding == "latin-1"
+    assert examples.encoding == "cp1252"
     assert examples.texts[0] == "How did caf\xe9 culture start ?"
     assert examples.labels == ["DESC", "HUM"]
 
@@ -76,11 +81,26 @@ def test_trec_latin1(tmp_path: Path) -> None:
         ("sentence\tlabel\ngood\t1\nbad\t\n", "line 3 has no label"),
         ("a\tb\tc\n", "no header"),
         ("sentence\tlabel\ngood\t1\n \t0\n", "line 3: the text is empty"),
+        ("sentence\tlabel\ngood\t1\nbad\rmovie\t0\n", r"line 3 cannot be read: a carriage return \(\\r\)"),
+        (b"\x1f\x8b\x08\x00", "is compressed"),
     ],
 )
-def test_bad_files_name_the_problem(tmp_path: Path, content: str, message: str) -> None:
+def test_bad_files_name_the_problem(tmp_path: Path, content: str | bytes, message: str) -> None:
     with pytest.raises(DataError, match=message):
         read_examples(_write(tmp_path, "bad.tsv", content))
+
+
+def test_text_that_is_not_utf8_is_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stray = "sentence\tlabel\ncafé crème brûlée\t1\nnaïve film\t0\n".encode().replace(b"cr", b"cr\xff", 1)
+    examples = read_examples(_write(tmp_path, "stray.tsv", stray))
+    assert examples.texts == ["café cr\ufffdème brûlée", "naïve film"]  # one stray byte, not mojibake
+    assert examples.encoding.startswith("utf-8") and "line 2 has bytes that are not UTF-8" in caplog.text
+    windows = read_examples(_write(tmp_path, "w.tsv", "it\u2019s good\t1\n".encode("cp1252")))
+    assert windows.texts == ["it\u2019s good"] and "read as Windows-1252" in caplog.text
+    utf16 = read_examples(_write(tmp_path, "u.tsv", "sentence\tlabel\ngood\t1\n".encode("utf-16")))
+    assert utf16.texts == ["good"] and utf16.encoding == "utf-16"
 
 
 def test_labels_by_name_or_index(tmp_path: Path) -> None:
@@ -120,11 +140,21 @@ def test_shared_datasets(file: str, rows: int, pairs: bool) -> None:
     assert examples.labels is not None and len(set(examples.labels)) >= 2
 
 
-def test_label_column_read_as_text_is_refused(tmp_path: Path) -> None:
+def test_label_first_files_and_a_label_column_of_text(tmp_path: Path) -> None:
     rows = "".join(f"{i % 2}\tsentence number {i} about something\n" for i in range(120))
-    with pytest.raises(DataError, match="120 distinct labels in 120 rows"):
-        read_examples(_write(tmp_path, "swapped.tsv", rows))
-    assert len(read_examples(_write(tmp_path, "unlabeled.tsv", rows), labeled=False)) == 120
+    for labeled in (True, False):  # calibration, which ignores labels, must not read them as its texts
+        examples = read_examples(_write(tmp_path, "label_first.tsv", rows), labeled=labeled)
+        assert examples.texts[:2] == [
+            "sentence number 0 about something",
+            "sentence number 1 about something",
+        ]
+    with pytest.raises(DataError, match="120 distinct labels in 120 rows"):  # a header says otherwise
+        read_examples(_write(tmp_path, "swapped.tsv", "sentence\tlabel\n" + rows))
+    # a ';' splits text from label only where what follows the last ';' is one word on every line
+    semi = read_examples(
+        _write(tmp_path, "semi.txt", "first half 0; the ending was weak\nok;1\n"), labeled=False
+    )
+    assert semi.texts == ["first half 0; the ending was weak", "ok;1"]
 
 
 def test_lines_are_counted_in_the_file_across_quoted_line_breaks(tmp_path: Path) -> None:

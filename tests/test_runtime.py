@@ -163,3 +163,41 @@ def test_bad_arguments_are_input_errors(classify_bundle: Path) -> None:
     for batch_size in (-1, 0, 2.5, "8"):
         with pytest.raises(InputError, match="batch_size"):
             predictor.predict(["a good film"], batch_size=batch_size)  # type: ignore[arg-type]
+
+
+def test_openvino_options_elsewhere_and_odd_containers_are_refused(classify_bundle: Path) -> None:
+    from edgebert.errors import TextTypeError
+
+    for kwargs in ({"inference_precision": "bf16"}, {"static_shapes": 4}):
+        with pytest.raises(InputError, match="OpenVINO's options, not for backend 'cpu'"):
+            Predictor(classify_bundle, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"threads must be a whole number 1\.\.1024"):
+        Predictor(classify_bundle, threads=2**40)
+    with pytest.raises(TextTypeError, match="a list of strings"):
+        Predictor(classify_bundle).predict({"a good film": 1})  # type: ignore[arg-type]
+
+
+def test_special_tokens_in_text_are_text(classify_bundle: Path) -> None:
+    predictor = Predictor(classify_bundle)
+    sep = predictor.tokenizer.token_to_id("[SEP]")
+    ids = predictor.encode(["good [SEP] bad"])[0]["input_ids"][0].tolist()
+    assert ids.count(sep) == 1 and ids[-1] == sep  # only the one the tokenizer adds at the end
+    pair = predictor.encode([("good", "bad")])[0]["input_ids"][0].tolist()
+    assert pair.count(sep) == 2
+
+
+def test_embeddings_are_their_own_read_only_arrays(embed_bundle: Path) -> None:
+    first, second = Predictor(embed_bundle).predict(["a good film", "a bad film"])
+    assert first.embedding is not None and first.embedding.base is None
+    assert not first.embedding.flags.writeable
+    assert first == Predictor(embed_bundle).predict(["a good film"])[0] and first != second
+
+
+def test_a_relative_bundle_path_survives_a_change_of_directory(
+    classify_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(classify_bundle.parent)
+    predictor = Predictor(classify_bundle.name)
+    monkeypatch.chdir("/")
+    predictor.bundle.verify(predictor.precision)  # what the first large call does
+    assert predictor.predict(["a good film"])[0].label is not None

@@ -290,7 +290,8 @@ BACKENDS: dict[str, Backend] = {
         _open_openvino,
         (".xml", ".onnx"),
         ("openvino-int8", "openvino-fp32", "fp32"),
-        "OpenVINO is not installed: pip install edgebert[openvino]",
+        "OpenVINO is not installed: pip install openvino (to predict; 'edgebert[openvino]' adds nncf, "
+        "for export --target openvino)",
         pad_to_multiple_of=32,
     ),
 }

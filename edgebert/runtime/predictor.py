@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +27,35 @@ from edgebert.errors import InputError, TextTypeError
 from edgebert.runtime.backends import BACKENDS, ByTokens, open_session, require_backend
 
 Text = str | tuple[str, str]
+log = logging.getLogger("edgebert")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prediction:
-    """One text's result: a label with its probability (classify) or an embedding (embed)."""
+    """One text's result: a label with its probability (classify) or an embedding (embed, a
+    read-only array of its own). ``to_dict()`` gives it as JSON takes it. Equal when every field is;
+    not hashable (it holds a dict and an array)."""
 
     label: str | None = None
     score: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
     embedding: np.ndarray | None = None
     truncated: bool = False
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Prediction):
+            return NotImplemented
+        same = (self.label, self.score, self.scores, self.truncated) == (
+            other.label,
+            other.score,
+            other.scores,
+            other.truncated,
+        )
+        if self.embedding is None or other.embedding is None:
+            return same and self.embedding is other.embedding
+        return same and np.array_equal(self.embedding, other.embedding)
 
     def to_dict(self) -> dict[str, Any]:
         if self.embedding is not None:
@@ -57,6 +76,9 @@ def load_tokenizer(path: Path, max_length: int, *, pad_to_multiple_of: int | Non
         pad_to_multiple_of=pad_to_multiple_of,
     )
     tokenizer.enable_truncation(max_length=max_length)
+    # "[SEP]" or "[PAD]" in a text is text: only the tokenizer itself adds special tokens (a pair's
+    # [SEP] comes from passing a (text, text_pair) tuple), so user input cannot forge them
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
 
@@ -86,13 +108,14 @@ class Predictor:
         pad_to_multiple_of: int | None = None,
         static_shapes: int = 0,
     ) -> None:
-        _check_count("threads", threads, 1)
+        _check_count("threads", threads, 1, most=1024)
         _check_count("pad_to_multiple_of", pad_to_multiple_of, 1)
         _check_count("static_shapes", static_shapes, 0)
         if not isinstance(bundle, str | Path | Bundle):
             raise InputError(f"bundle must be a bundle directory (str or Path), not {type(bundle).__name__}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.precision, self.backend = choose_model(self.bundle, precision, backend)
+        _check_openvino_options(self.backend, inference_precision, static_shapes)
         chosen = self.bundle.manifest.artifacts[self.precision]
         method = chosen.made_by.get("method")
         # an ONNX dynamic INT8 model's ranges read the padding too (see the module docstring): none for
@@ -119,7 +142,11 @@ class Predictor:
             up_to = self.bundle.manifest.artifacts[graph].made_by["up_to_tokens"]
 
             def verified() -> Any:  # opened at the first large call: still the model loaded?
-                self.bundle.verify(self.precision)
+                try:
+                    self.bundle.verify(self.precision)
+                except BundleError as exc:  # replaced or removed since: the small graph is that model
+                    log.warning("%s; large calls run on its fused-attention graph (slower)", exc)
+                    return small
                 return model()
 
             self.session = ByTokens(small, verified, up_to)
@@ -202,7 +229,9 @@ class Predictor:
         """Labels and probabilities (classify) or embeddings (embed), one per text."""
         outputs, truncated = self.outputs([texts] if isinstance(texts, str) else texts, batch_size=batch_size)
         if self.task != "classify":
-            return [Prediction(embedding=v, truncated=t) for v, t in zip(outputs, truncated, strict=True)]
+            return [
+                Prediction(embedding=_own(v), truncated=t) for v, t in zip(outputs, truncated, strict=True)
+            ]
         probs = softmax(outputs)
         return [
             Prediction(
@@ -242,16 +271,43 @@ def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> 
     return name, backend
 
 
-def _check_count(name: str, value: Any, least: int) -> None:
-    """An ``InputError`` unless ``value`` is None or an int of at least ``least``."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-        raise InputError(f"{name} must be a whole number of at least {least}, not {value!r}")
+def _check_count(name: str, value: Any, least: int, most: int | None = None) -> None:
+    """An ``InputError`` unless ``value`` is None or an int of at least ``least`` (and at most ``most``)."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < least or value > (most or value):
+        within = f"{least}..{most}" if most else f"at least {least}"
+        raise InputError(f"{name} must be a whole number {within}, not {value!r}")
+
+
+def _check_openvino_options(backend: str, inference_precision: str | None, static_shapes: int) -> None:
+    """An ``InputError`` for OpenVINO's options given to another backend, or a precision it lacks."""
+    if backend != "openvino":
+        given = [
+            name
+            for name, value in (
+                ("inference_precision", inference_precision),
+                ("static_shapes", static_shapes),
+            )
+            if value
+        ]
+        if given:
+            raise InputError(f"{' and '.join(given)}: OpenVINO's options, not for backend '{backend}'")
+    elif inference_precision not in (None, "f32", "bf16", "f16"):
+        raise InputError(f"inference_precision must be f32, bf16 or f16, not {inference_precision!r}")
 
 
 def batch_size_for(method: str | None) -> int:
     """The batch a model made by ``method`` runs at: one text per call for dynamic INT8, whose
     activation ranges (and so its answers) depend on the batch; 32 for the rest."""
     return 1 if method == "dynamic" else 32
+
+
+def _own(row: np.ndarray) -> np.ndarray:
+    """A read-only copy of one row of a batch's outputs: a result kept does not keep the batch."""
+    copy = row.copy()
+    copy.setflags(write=False)
+    return copy
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -261,7 +317,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def check_texts(texts: Iterable[Any]) -> list[Text]:
     """Texts as the tokenizer takes them; a clear error naming the position of anything else."""
-    if isinstance(texts, str | bytes) or not isinstance(texts, Iterable):
+    if isinstance(texts, str | bytes | dict | set | frozenset) or not isinstance(texts, Iterable):
         raise TextTypeError("texts must be a list of strings or (text, text_pair) pairs")
     checked: list[Text] = []
     for i, item in enumerate(texts):

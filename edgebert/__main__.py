@@ -1,0 +1,5 @@
+"""``python -m edgebert``: the command line, as ``edgebert``."""
+
+from edgebert.cli import main
+
+main()
