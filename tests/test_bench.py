@@ -77,6 +77,25 @@ def test_a_shape_cut_short_by_max_seconds_is_said(classify_bundle: Path) -> None
     assert f"over {min(runs):,}" in caption(report) and "10000000" not in caption(report)
 
 
+def test_a_saved_report_never_replaces_another(classify_bundle: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    reports = classify_bundle / "reports"
+    reports.mkdir(exist_ok=True)
+    now = datetime.now(timezone.utc)
+    # reports of the seconds this run may end in: another run's, which it must not replace
+    others = [reports / f"bench-cpu-{(now + timedelta(seconds=s)):%Y%m%dT%H%M%SZ}.json" for s in range(30)]
+    for other in others:
+        other.write_text("another run's report")
+    timing = Timing(warmup=1, min_runs=2, min_seconds=0.0, max_seconds=1.0)
+    report = bench(str(classify_bundle), BenchConfig(batch_sizes=(1,), seq_lens=(8,), timing=timing))
+    saved = Path(report["saved_to"])
+    assert saved.name.endswith("-2.json") and json.loads(saved.read_text())["results"]
+    assert all(other.read_text() == "another run's report" for other in others)
+    for path in [saved, *others]:
+        path.unlink()
+
+
 def test_bench_refuses_bad_requests(classify_bundle: Path) -> None:
     with pytest.raises(EdgebertError, match="batch_sizes must be a tuple of whole numbers"):
         bench(str(classify_bundle), BenchConfig(batch_sizes=8, timing=QUICK, save=False))  # type: ignore[arg-type]

@@ -4,7 +4,9 @@ way, in one run, in one report. No torch."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,7 +135,9 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
     }
     if config.save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        saved = bundle.path / REPORTS / f"bench-{'-'.join(config.devices)}-{stamp}.json"
+        name = f"bench-{'-'.join(config.devices)}-{stamp}"
+        taken = {p.stem for p in (bundle.path / REPORTS).glob(f"{name}*.json")}  # two runs in a second
+        saved = bundle.path / REPORTS / f"{next(n for n in _numbered(name) if n not in taken)}.json"
         report["saved_to"] = str(saved)
         write_json(saved, report)
     return report
@@ -201,6 +205,12 @@ def model_size_mb(bundle: Bundle, name: str) -> float:
         n for n, a in bundle.manifest.artifacts.items() if a.kind in ("weights", "graph") and a.parent == name
     ]
     return sum(bundle.file(part).stat().st_size for part in parts) / 2**20
+
+
+def _numbered(name: str) -> Iterator[str]:
+    """``name``, then ``name-2``, ``name-3``..."""
+    yield name
+    yield from (f"{name}-{n}" for n in itertools.count(2))
 
 
 def _describe(shapes: list[Shape]) -> str:
