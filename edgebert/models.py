@@ -32,13 +32,20 @@ class Checkpoint:
 
     @property
     def task(self) -> str:
-        """``classify`` when the checkpoint has a sequence-classification head, else ``embed``."""
-        architectures = self.config.get("architectures") or []
+        """``classify`` when the checkpoint has a sequence-classification head (named by its config's
+        ``architectures``, or where that is missing, found among its weights), else ``embed``."""
+        architectures = self.config.get("architectures")
+        if architectures is None:
+            return "classify" if "classifier.weight" in _weight_names(self.path) else "embed"
         return "classify" if any("ForSequenceClassification" in a for a in architectures) else "embed"
 
     @property
     def labels(self) -> tuple[str, ...]:
-        id2label = self.config.get("id2label") or {}
+        """The label names, in class order: its ``id2label``, or where it has none transformers'
+        defaults, which it leaves out of config.json: ``LABEL_i`` for ``num_labels``, 2 unless given."""
+        id2label = self.config.get("id2label")
+        if not id2label:
+            return tuple(f"LABEL_{i}" for i in range(int(self.config.get("num_labels", 2))))
         return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
 
     @property
@@ -46,8 +53,23 @@ class Checkpoint:
         """The labels of its classification head; none without one (its config may still name some)."""
         return self.labels if self.task == "classify" else ()
 
+    @property
+    def lowercase(self) -> bool:
+        """Whether sentence-transformers lowercases its texts before tokenizing
+        (``sentence_bert_config.json``'s ``do_lower_case``), which the tokenizer may not do itself."""
+        config = self.path / "sentence_bert_config.json"
+        return config.is_file() and _json(config, dict).get("do_lower_case") is True
+
     def describe(self) -> dict[str, Any]:
-        keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+        keys = (
+            "model_type",
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "vocab_size",
+            "type_vocab_size",
+            "max_position_embeddings",
+        )
         return {"name": self.name, "path": str(self.path), **{k: self.config.get(k) for k in keys}}
 
 
@@ -82,21 +104,52 @@ def _load(path: Path, name: str) -> Checkpoint:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"'{path}' has no config.json: it is not a Hugging Face checkpoint directory")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ModelError(f"'{config_file}' is not valid JSON ({exc})") from exc
+    config = _json(config_file, dict)
     if config.get("model_type") != "bert":
         raise ModelError(
-            f"'{path}' is a {config.get('model_type') or 'unknown'} model, not a BERT: "
-            "edgebert handles BERT checkpoints (model_type 'bert')"
+            f"'{path}' has model_type {config.get('model_type')!r}, not 'bert': "
+            "edgebert handles BERT checkpoints"
         )
-    if not any(path.glob("*.safetensors")):
-        hint = " (pickled .bin weights are not loaded: save with safe_serialization=True)"
-        raise ModelError(f"'{path}' has no .safetensors weights{hint if any(path.glob('*.bin')) else ''}")
-    for weights in path.glob("*.safetensors"):
+    for weights in _weight_files(path):
         _check_weights(weights)
     return Checkpoint(path, name, config, _pooling(path))
+
+
+def _json(path: Path, kind: type) -> Any:
+    """``path``'s JSON, which must be a ``kind`` (dict or list)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"'{path}' is not readable JSON ({exc})") from exc
+    if not isinstance(data, kind):
+        raise ModelError(f"'{path}' holds a JSON {type(data).__name__}, not the {kind.__name__} it should")
+    return data
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files transformers loads from ``path`` (``model.safetensors``, or the shards
+    its index names); an error where it has none (pickled ``.bin`` weights are not loaded)."""
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        shards = _json(index, dict).get("weight_map")
+        if not isinstance(shards, dict):
+            raise ModelError(f"'{index}' has no weight_map: copy the checkpoint again")
+        return [path / shard for shard in sorted(set(shards.values()))]
+    hint = " (pickled .bin weights are not loaded: save with safe_serialization=True)"
+    raise ModelError(f"'{path}' has no model.safetensors weights{hint if any(path.glob('*.bin')) else ''}")
+
+
+def _weight_names(path: Path) -> set[str]:
+    """The names of the tensors in ``path``'s weights."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for weights in _weight_files(path):
+        with safe_open(str(weights), framework="np") as handle:
+            names.update(handle.keys())
+    return names
 
 
 def _check_weights(path: Path) -> None:
@@ -106,7 +159,7 @@ def _check_weights(path: Path) -> None:
     try:
         with safe_open(str(path), framework="np"):
             pass
-    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, FileNotFoundError
         raise ModelError(f"'{path}' is not a readable safetensors file ({exc}): copy it again") from exc
 
 
@@ -115,7 +168,9 @@ def _pooling(path: Path) -> dict[str, Any]:
     modules_file = path / "modules.json"
     if not modules_file.is_file():
         return {"mode": "mean", "normalize": False, "source": "default (no sentence-transformers config)"}
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    modules = _json(modules_file, list)
+    if not all(isinstance(m, dict) and isinstance(m.get("type"), str) for m in modules):
+        raise ModelError(f"'{modules_file}' lists a module without its type: copy the checkpoint again")
     types = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
     others = sorted(set(types) - {"Transformer", "Pooling", "Normalize"})
     if others:  # a Dense layer after pooling (LaBSE), say: an export without it would embed wrongly
@@ -125,7 +180,7 @@ def _pooling(path: Path) -> dict[str, Any]:
         )
     mode = "mean"
     if "Pooling" in types:
-        pooling = json.loads((path / types["Pooling"]["path"] / "config.json").read_text(encoding="utf-8"))
+        pooling = _json(path / str(types["Pooling"].get("path", "")) / "config.json", dict)
         modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True)
         if modes == ["pooling_mode_cls_token"]:
             mode = "cls"

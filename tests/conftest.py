@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,8 @@ def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def _tiny_checkpoint(root: Path, *, classify: bool) -> Path:
+def _tiny_checkpoint(root: Path, *, classify: bool, **overrides: Any) -> Path:
+    """A tiny BERT (a classifier or a sentence-transformers embedder); ``overrides`` change its config."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
@@ -88,6 +90,7 @@ def _tiny_checkpoint(root: Path, *, classify: bool) -> Path:
         initializer_range=INIT_RANGE,
         id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},
+        **overrides,
     )
     import torch
 

@@ -103,6 +103,17 @@ def test_student_from_another_checkpoint(
     ]
 
 
+def test_a_teacher_without_a_head_is_refused(
+    tiny_embedder: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from edgebert.errors import ModelError
+
+    train_file, dev_file = map(str, sentiment_files)
+    config = DistillConfig(teacher=str(tiny_embedder), data=train_file, eval_data=dev_file, max_steps=1)
+    with pytest.raises(ModelError, match="it has no classification head"):  # not transformers' LABEL_0/1
+        distill(tmp_path / "s", config)
+
+
 def _hidden_gap(teacher: Path, student: Path, texts: list[str]) -> float:
     """MSE between the student's last layer output and the teacher's (a 1-layer student learns
     from the teacher's layer 2)."""

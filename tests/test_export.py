@@ -146,7 +146,7 @@ def test_model_errors(tiny_embedder: Path, tmp_path: Path) -> None:
     not_bert = tmp_path / "gpt"
     not_bert.mkdir()
     (not_bert / "config.json").write_text('{"model_type": "gpt2"}')
-    with pytest.raises(ModelError, match="not a BERT"):
+    with pytest.raises(ModelError, match="edgebert handles BERT checkpoints"):
         export(tmp_path / "c", ExportConfig(model=str(not_bert)))
     pickled = tmp_path / "pickled"
     pickled.mkdir()
@@ -188,3 +188,103 @@ def test_sentence_transformers_modules_it_cannot_export_are_refused(
     (checkpoint / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ModelError, match=r"modules edgebert does not export \(Dense\)"):
         resolve(str(checkpoint))
+
+
+def _edited(source: Path, where: Path, **config: object) -> Path:
+    """A copy of checkpoint ``source`` whose config.json has ``config`` set (None: removed)."""
+    import json
+    import shutil
+
+    shutil.copytree(source, where)
+    settings = json.loads((where / "config.json").read_text())
+    settings.update(config)
+    (where / "config.json").write_text(json.dumps({k: v for k, v in settings.items() if v is not None}))
+    return where
+
+
+def test_classifier_heads_it_cannot_read_are_refused_before_anything_is_written(
+    tiny_classifier: Path, tmp_path: Path
+) -> None:
+    # transformers leaves default label names out of config.json: LABEL_0, LABEL_1 as it names them
+    default = _edited(tiny_classifier, tmp_path / "default", id2label=None, label2id=None)
+    assert export(tmp_path / "a", ExportConfig(model=str(default))).manifest.labels == ("LABEL_0", "LABEL_1")
+    # no architectures in its config: its weights say it has a classification head
+    bare = _edited(tiny_classifier, tmp_path / "bare", architectures=None)
+    assert export(tmp_path / "b", ExportConfig(model=str(bare))).manifest.task == "classify"
+    multi = _edited(tiny_classifier, tmp_path / "multi", problem_type="multi_label_classification")
+    with pytest.raises(ModelError, match="multi-label classifier"):
+        export(tmp_path / "c", ExportConfig(model=str(multi)))
+    regression = _edited(tiny_classifier, tmp_path / "regression", id2label=None, label2id=None, num_labels=1)
+    with pytest.raises(ModelError, match=r"a head of 1 output\(s\) \(regression\)"):
+        export(tmp_path / "d", ExportConfig(model=str(regression)))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_max_length_stops_at_the_model_s_positions(tiny_classifier: Path, tmp_path: Path) -> None:
+    bundle = export(tmp_path / "b", ExportConfig(model=str(tiny_classifier), max_length=512))
+    assert bundle.manifest.max_length == 128  # the tiny BERT's max_position_embeddings
+    (result,) = Predictor(bundle).predict(["word " * 400])
+    assert result.truncated
+
+
+def test_pairs_are_validated_and_refused_where_the_model_has_one_token_type(tmp_path: Path) -> None:
+    from conftest import _tiny_checkpoint
+    from edgebert.errors import InputError
+
+    paired = export(
+        tmp_path / "two", ExportConfig(model=str(_tiny_checkpoint(tmp_path / "m2", classify=True)))
+    )
+    assert paired.manifest.artifacts["fp32"].validation["pairs"] == 8
+    one = _tiny_checkpoint(tmp_path / "m1", classify=True, type_vocab_size=1)
+    bundle = export(tmp_path / "one", ExportConfig(model=str(one)))
+    assert bundle.manifest.artifacts["fp32"].validation["pairs"] == 0
+    assert Predictor(bundle).predict(["one text"])[0].label
+    with pytest.raises(InputError, match="takes no sentence pairs"):
+        Predictor(bundle).predict([("a question", "an answer")])
+
+
+def test_malformed_checkpoints_are_one_line_errors(tiny_embedder: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from edgebert.models import resolve
+
+    listed = _edited(tiny_embedder, tmp_path / "list")
+    (listed / "config.json").write_text("[1, 2]")
+    with pytest.raises(ModelError, match="holds a JSON list, not the dict it should"):
+        resolve(str(listed))
+    broken = tmp_path / "modules"
+    shutil.copytree(tiny_embedder, broken)
+    (broken / "modules.json").write_text("[{bad json")
+    with pytest.raises(ModelError, match=r"modules\.json' is not readable JSON"):
+        resolve(str(broken))
+    (broken / "modules.json").write_text(json.dumps([{"idx": 0, "path": ""}]))
+    with pytest.raises(ModelError, match="lists a module without its type"):
+        resolve(str(broken))
+    # only the weights transformers loads are read: a stray file beside them is not
+    (broken / "modules.json").unlink()
+    (broken / "old.safetensors").write_bytes(b"\x10" * 10)
+    assert resolve(str(broken)).task == "embed"
+
+
+def test_sentence_transformers_lowercasing_is_kept(tiny_embedder: Path, tmp_path: Path) -> None:
+    import json
+
+    cased = _edited(tiny_embedder, tmp_path / "cased")
+    tokenizer = json.loads((cased / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False  # a cased tokenizer, as some checkpoints have
+    (cased / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (cased / "tokenizer_config.json").write_text(
+        json.dumps({**json.loads((cased / "tokenizer_config.json").read_text()), "do_lower_case": False})
+    )
+    before = Predictor(export(tmp_path / "a", ExportConfig(model=str(cased)))).outputs(
+        ["The Plot", "the plot"]
+    )[0]
+    assert not np.allclose(before[0], before[1])  # cased: two texts
+    (cased / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 128, "do_lower_case": True})
+    )
+    after = Predictor(export(tmp_path / "b", ExportConfig(model=str(cased)))).outputs(
+        ["The Plot", "the plot"]
+    )[0]
+    assert np.allclose(after[0], after[1], atol=1e-6)  # sentence-transformers lowercases first

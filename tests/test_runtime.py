@@ -177,13 +177,17 @@ def test_openvino_options_elsewhere_and_odd_containers_are_refused(classify_bund
         Predictor(classify_bundle).predict({"a good film": 1})  # type: ignore[arg-type]
 
 
-def test_special_tokens_in_text_are_text(classify_bundle: Path) -> None:
-    predictor = Predictor(classify_bundle)
-    sep = predictor.tokenizer.token_to_id("[SEP]")
-    ids = predictor.encode(["good [SEP] bad"])[0]["input_ids"][0].tolist()
-    assert ids.count(sep) == 1 and ids[-1] == sep  # only the one the tokenizer adds at the end
-    pair = predictor.encode([("good", "bad")])[0]["input_ids"][0].tolist()
-    assert pair.count(sep) == 2
+def test_a_checkpoint_s_own_special_tokens_stay_tokens(classify_bundle: Path, tmp_path: Path) -> None:
+    from tokenizers import AddedToken, Tokenizer
+
+    from edgebert.runtime.predictor import load_tokenizer
+
+    tokenizer = Tokenizer.from_file(str(classify_bundle / "tokenizer.json"))
+    tokenizer.add_special_tokens([AddedToken("[E1]", special=True)])  # an entity marker
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    marker = tokenizer.token_to_id("[E1]")
+    loaded = load_tokenizer(tmp_path / "tokenizer.json", 32)
+    assert loaded.encode("paris [E1] france").ids.count(marker) == 1  # as the model was trained
 
 
 def test_embeddings_are_their_own_read_only_arrays(embed_bundle: Path) -> None:

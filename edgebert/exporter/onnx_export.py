@@ -4,6 +4,7 @@ on the runtime's own tokenization, optionally quantize, and write the bundle ato
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import warnings
@@ -88,6 +89,23 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
             f"'{checkpoint.name}' has no classification head: export it with --task embed, "
             "or fine-tune it first with `edgebert train`"
         )
+    if task == "classify":
+        _check_head(checkpoint)
+    elif heads := [a for a in checkpoint.config.get("architectures") or [] if a != "BertModel"]:
+        log.warning(
+            "'%s' is a %s: its head is not exported; the bundle embeds texts (%s pooling)",
+            checkpoint.name,
+            ", ".join(heads),
+            checkpoint.pooling["mode"],
+        )
+    positions = int(checkpoint.config.get("max_position_embeddings", config.max_length))
+    if config.max_length > positions:
+        log.warning(
+            "--max-length %d: the model has %d positions, so texts are cut there",
+            config.max_length,
+            positions,
+        )
+        config = dataclasses.replace(config, max_length=positions)
     if config.quantize == "int8":
         from edgebert.quantizer import check_settings
 
@@ -108,7 +126,24 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         )
         manifest = _derive(stage, manifest, config)
         write_manifest(stage, manifest)
+        Bundle.load(stage)  # what loading it will check, checked before it takes the place of --out
     return Bundle.load(out)
+
+
+def _check_head(checkpoint: Checkpoint) -> None:
+    """Refuse a classification head the runtime would read wrongly: its answers are one label of
+    two or more, by softmax."""
+    problem = checkpoint.config.get("problem_type")
+    if problem == "multi_label_classification":
+        raise ModelError(
+            f"'{checkpoint.name}' is a multi-label classifier (sigmoid per label): edgebert's classifiers "
+            "give one label by softmax; export its encoder with --task embed"
+        )
+    if problem == "regression" or len(checkpoint.labels) < 2:
+        raise ModelError(
+            f"'{checkpoint.name}' has a head of {len(checkpoint.labels)} output(s) (regression): edgebert "
+            "exports classifiers of two labels or more; export its encoder with --task embed"
+        )
 
 
 def _derive(stage: Path, manifest: Manifest, config: ExportConfig) -> Manifest:
@@ -149,10 +184,17 @@ def _load_torch(checkpoint: Checkpoint, task: str) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
         auto = AutoModelForSequenceClassification if task == "classify" else AutoModel
         model = auto.from_pretrained(checkpoint.path, attn_implementation=ATTENTION)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a directory without tokenizer files
         raise ModelError(f"transformers could not load '{checkpoint.path}': {exc}") from exc
     if not tokenizer.is_fast:
         raise ModelError(f"'{checkpoint.path}' has no fast tokenizer (tokenizer.json or vocab.txt)")
+    if checkpoint.lowercase:  # sentence-transformers lowercases texts before its tokenizer sees them
+        from tokenizers import normalizers
+
+        backend = tokenizer.backend_tokenizer
+        backend.normalizer = normalizers.Sequence(
+            [normalizers.Lowercase(), *filter(None, [backend.normalizer])]
+        )
     model.eval()
 
     class Exported(torch.nn.Module):
@@ -283,10 +325,21 @@ def _validate(bundle: Bundle, module: Any, hf_tokenizer: Any, tolerance: float) 
 
     predictor = Predictor(bundle, precision="fp32")
     worst = 0.0
-    for start in range(0, len(SENTENCES), 8):
-        batch = list(SENTENCES[start : start + 8])
+    batches: list[list[Any]] = [list(SENTENCES[start : start + 8]) for start in range(0, len(SENTENCES), 8)]
+    pairs = list(zip(SENTENCES[:8], SENTENCES[8:16], strict=True))
+    if bundle.manifest.source.get("type_vocab_size", 2) < 2:  # no token type 1, a pair's second text
+        pairs = []
+    batches += [pairs] if pairs else []
+    for batch in batches:
         feeds, _ = predictor.encode(batch)
-        reference = hf_tokenizer(batch, padding=True, truncation=True, max_length=bundle.manifest.max_length)
+        first, second = zip(*batch, strict=True) if isinstance(batch[0], tuple) else (batch, None)
+        reference = hf_tokenizer(
+            list(first),
+            list(second) if second else None,
+            padding=True,
+            truncation=True,
+            max_length=bundle.manifest.max_length,
+        )
         if not np.array_equal(feeds["input_ids"], np.array(reference["input_ids"])):
             raise ValidationError(
                 "the exported tokenizer.json tokenizes differently from the checkpoint's tokenizer"
@@ -300,4 +353,10 @@ def _validate(bundle: Bundle, module: Any, hf_tokenizer: Any, tolerance: float) 
             f"the ONNX model differs from torch by up to {worst:.2e} on the built-in sentences "
             f"(tolerance {tolerance:.0e}): try another --opset, or report this checkpoint"
         )
-    return {"against": "torch", "max_abs_diff": worst, "tolerance": tolerance, "sentences": len(SENTENCES)}
+    return {
+        "against": "torch",
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "sentences": len(SENTENCES),
+        "pairs": len(pairs),
+    }

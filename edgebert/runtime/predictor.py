@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from edgebert.bundle import Bundle, BundleError
-from edgebert.errors import InputError, TextTypeError
-from edgebert.runtime.backends import BACKENDS, ByTokens, open_session, require_backend
+from edgebert.errors import EdgebertError, InputError, TextTypeError
+from edgebert.runtime.backends import BACKENDS, BackendError, ByTokens, open_session, require_backend
 
 Text = str | tuple[str, str]
 log = logging.getLogger("edgebert")
@@ -76,9 +76,6 @@ def load_tokenizer(path: Path, max_length: int, *, pad_to_multiple_of: int | Non
         pad_to_multiple_of=pad_to_multiple_of,
     )
     tokenizer.enable_truncation(max_length=max_length)
-    # "[SEP]" or "[PAD]" in a text is text: only the tokenizer itself adds special tokens (a pair's
-    # [SEP] comes from passing a (text, text_pair) tuple), so user input cannot forge them
-    tokenizer.encode_special_tokens = True
     return tokenizer
 
 
@@ -205,6 +202,10 @@ class Predictor:
         _check_count("batch_size", batch_size, 1)
         batch_size = batch_size or self.batch_size
         checked = check_texts(texts)
+        if self.bundle.manifest.source.get("type_vocab_size") == 1 and any(
+            isinstance(t, tuple) for t in checked
+        ):
+            raise InputError("this model has one token type (type_vocab_size 1): it takes no sentence pairs")
         if not checked:  # no rows, as many columns as an answer has (an embedding: the hidden size)
             hidden = self.bundle.manifest.source.get("hidden_size", 0)
             width = len(self.labels) if self.task == "classify" else hidden
@@ -215,7 +216,15 @@ class Predictor:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             feeds, flags = self.encode([checked[i] for i in chunk], chunk)
-            out = self.session.run([self.bundle.manifest.output_name], feeds)[0]
+            try:
+                out = self.session.run([self.bundle.manifest.output_name], feeds)[0]
+            except EdgebertError:
+                raise
+            except Exception as exc:  # the runtimes' own errors: one path, naming what was run
+                shape = "×".join(map(str, feeds["input_ids"].shape))
+                raise BackendError(
+                    f"the {self.precision} model failed on a batch of {shape} tokens: {exc}"
+                ) from exc
             if self.task == "classify" and out.shape[-1] != len(self.labels):
                 raise BundleError(
                     f"the {self.precision} model of '{self.bundle.path}' gives {out.shape[-1]} scores for "

@@ -42,7 +42,7 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     teacher_checkpoint = resolve(config.teacher)
-    names = _teacher_labels(teacher_checkpoint.labels, names)
+    names = _teacher_labels(teacher_checkpoint.head, names)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_checkpoint.path).eval()
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_checkpoint.path)
     student, tokenizer, origin = _student(teacher, teacher_tokenizer, config, names)
