@@ -192,9 +192,8 @@ def _load_torch(checkpoint: Checkpoint, task: str) -> tuple[Any, Any]:
         from tokenizers import normalizers
 
         backend = tokenizer.backend_tokenizer
-        backend.normalizer = normalizers.Sequence(
-            [normalizers.Lowercase(), *filter(None, [backend.normalizer])]
-        )
+        own = [backend.normalizer] if backend.normalizer is not None else []
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *own])
     model.eval()
 
     class Exported(torch.nn.Module):
