@@ -221,10 +221,17 @@ def test_classifier_heads_it_cannot_read_are_refused_before_anything_is_written(
 
 
 def test_max_length_stops_at_the_model_s_positions(tiny_classifier: Path, tmp_path: Path) -> None:
+    import json
+
     bundle = export(tmp_path / "b", ExportConfig(model=str(tiny_classifier), max_length=512))
     assert bundle.manifest.max_length == 128  # the tiny BERT's max_position_embeddings
     (result,) = Predictor(bundle).predict(["word " * 400])
     assert result.truncated
+    # and at its tokenizer's model_max_length, where Hugging Face's pipeline would cut texts
+    short = _edited(tiny_classifier, tmp_path / "short")
+    settings = json.loads((short / "tokenizer_config.json").read_text())
+    (short / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 32}))
+    assert export(tmp_path / "s", ExportConfig(model=str(short))).manifest.max_length == 32
 
 
 def test_pairs_are_validated_and_refused_where_the_model_has_one_token_type(tmp_path: Path) -> None:

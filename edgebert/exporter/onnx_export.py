@@ -98,20 +98,16 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
             ", ".join(heads),
             checkpoint.pooling["mode"],
         )
-    positions = int(checkpoint.config.get("max_position_embeddings", config.max_length))
-    if config.max_length > positions:
-        log.warning(
-            "--max-length %d: the model has %d positions, so texts are cut there",
-            config.max_length,
-            positions,
-        )
-        config = dataclasses.replace(config, max_length=positions)
+    positions = checkpoint.config.get("max_position_embeddings")
+    config = _capped(config, positions, "the model has {} positions")
     if config.quantize == "int8":
         from edgebert.quantizer import check_settings
 
         check_settings(config, task)
     log.info("loading %s (%s) from %s", checkpoint.name, task, checkpoint.path)
     module, hf_tokenizer = _load_torch(checkpoint, task)
+    declared = hf_tokenizer.model_max_length  # huge (1e30) where the checkpoint states none
+    config = _capped(config, declared, "the checkpoint's tokenizer stops at {} tokens (model_max_length)")
     with staging(Path(out), replace=config.force) as stage:
         _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, config.max_length)
         log.info("exporting to ONNX (opset %d, dynamic batch and sequence axes)", config.opset)
@@ -128,6 +124,15 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         write_manifest(stage, manifest)
         Bundle.load(stage)  # what loading it will check, checked before it takes the place of --out
     return Bundle.load(out)
+
+
+def _capped(config: ExportConfig, limit: Any, why: str) -> ExportConfig:
+    """``config`` with ``max_length`` at most ``limit`` (where that is a whole number of tokens), and a
+    warning saying ``why`` where it was cut: longer inputs than the model or its tokenizer take."""
+    if not isinstance(limit, int) or config.max_length <= limit:
+        return config
+    log.warning("--max-length %d: %s, so texts are cut there", config.max_length, why.format(limit))
+    return dataclasses.replace(config, max_length=limit)
 
 
 def _check_head(checkpoint: Checkpoint) -> None:
