@@ -247,4 +247,8 @@ def artifact(stage: Path, file: str, **fields: Any) -> Artifact:
 
 
 def write_manifest(stage: Path, manifest: Manifest) -> None:
+    """Write ``manifest`` into ``stage``; never one that loading would refuse."""
+    wrong = _malformed(manifest)
+    if wrong:
+        raise BundleError(f"edgebert made a manifest it cannot load ({wrong}): report this model")
     write_json(stage / MANIFEST, manifest.to_dict())

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from edgebert.atomic import file_mode, staging, write_json
-from edgebert.bundle import FORMAT_VERSION, MANIFEST, Bundle, Manifest, read_manifest
+from edgebert.bundle import FORMAT_VERSION, MANIFEST, Bundle, Manifest, read_manifest, write_manifest
 from edgebert.errors import BundleError, EdgebertError
 
 
@@ -214,3 +214,12 @@ def test_labels_that_do_not_fit_the_model_are_refused(classify_bundle: Path, tmp
     (copy / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="gives 2 scores for the 3 labels"):
         Predictor(copy).predict(["a good film"])
+
+
+def test_a_manifest_loading_would_refuse_is_never_written(classify_bundle: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    manifest = Bundle.load(classify_bundle).manifest
+    with pytest.raises(BundleError, match="a classifier needs two labels or more"):
+        write_manifest(tmp_path, dataclasses.replace(manifest, labels=("only",)))
+    assert not (tmp_path / "manifest.json").exists()

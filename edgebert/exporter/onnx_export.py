@@ -122,7 +122,6 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         )
         manifest = _derive(stage, manifest, config)
         write_manifest(stage, manifest)
-        Bundle.load(stage)  # what loading it will check, checked before it takes the place of --out
     return Bundle.load(out)
 
 
