@@ -314,14 +314,13 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict TEXTS with BUNDLE (one text per line on stdin when no TEXTS are given)."""
-    from edgebert.data import decode
+    from edgebert.data import decode, split_lines
     from edgebert.runtime import Predictor
 
-    if not texts:  # one text per line on stdin, decoded as data files are
+    if not texts:  # one text per line on stdin, decoded and split as data files are
         stdin = decode(sys.stdin.buffer.read(), "stdin")[0].rstrip("\r\n")
-        # lines end at \n or \r\n alone (not at the other breaks str.splitlines knows): one answer
-        # per line, so a blank line (which has no answer) is refused rather than skipped
-        lines = [line.removesuffix("\r") for line in stdin.split("\n")]
+        # one answer per line, so a blank line (which has no answer) is refused rather than skipped
+        lines = split_lines(stdin)
         blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
         if blank is not None and stdin.strip():
             raise click.BadParameter(

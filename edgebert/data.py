@@ -57,8 +57,7 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     """Read ``path``; with ``labeled`` every row must carry a label."""
     path = Path(path)
     text, encoding = _read(path, "data file")
-    # split on newlines only: str.splitlines() also breaks on \x0b, \x1c, U+2028 inside a text
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    lines = split_lines(text)
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
         raise DataError(f"'{path}' is empty: it needs one example a line")
@@ -89,6 +88,12 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
             "Put the text first and the label second, or add a header naming them"
         )
     return Examples(texts, [str(label) for label in labels], line_numbers, path, encoding)
+
+
+def split_lines(text: str) -> list[str]:
+    """``text``'s lines, ended by ``\n`` or ``\r\n`` only: str.splitlines() also breaks at \x0b,
+    \x1c and U+2028, which may sit inside a text."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def label_names(labels: list[str]) -> tuple[str, ...]:

@@ -329,11 +329,10 @@ def _validate(bundle: Bundle, module: Any, hf_tokenizer: Any, tolerance: float) 
     predictor = Predictor(bundle, precision="fp32")
     worst = 0.0
     batches: list[list[Any]] = [list(SENTENCES[start : start + 8]) for start in range(0, len(SENTENCES), 8)]
-    pairs = list(zip(SENTENCES[:8], SENTENCES[8:16], strict=True))
-    if bundle.manifest.source.get("type_vocab_size", 2) < 2:  # no token type 1, a pair's second text
-        pairs = []
-    batches += [pairs] if pairs else []
-    for batch in batches:
+    # a pair's second text is token type 1, which a model of one token type has not
+    paired = bundle.manifest.source.get("type_vocab_size", 2) > 1
+    pairs = list(zip(SENTENCES[:8], SENTENCES[8:16], strict=True)) if paired else []
+    for batch in batches + ([pairs] if pairs else []):
         feeds, _ = predictor.encode(batch)
         first, second = zip(*batch, strict=True) if isinstance(batch[0], tuple) else (batch, None)
         reference = hf_tokenizer(
