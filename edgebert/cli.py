@@ -74,9 +74,9 @@ def main(quiet: bool) -> None:
 @click.option(
     "--max-length",
     type=click.IntRange(8, 512),
-    default=128,
-    show_default=True,
-    help="Longest input in tokens; longer texts are truncated.",
+    default=None,
+    help="Longest input in tokens; longer texts are truncated. Default: where sentence-transformers "
+    "cuts the checkpoint's texts (its max_seq_length: 256 for the default model), else 128.",
 )
 @click.option(
     "--out",
@@ -339,9 +339,9 @@ def predict(
     results = predictor.predict(items)
     if as_json:
         print_json([{"text": t, **r.to_dict()} for t, r in zip(items, results, strict=True)])
-        return
-    console.print(predictions_table(predictor, items, results))
-    if any(r.truncated for r in results):
+    else:
+        console.print(predictions_table(predictor, items, results))
+    if any(r.truncated for r in results):  # on stderr: --json's stdout stays parseable
         errors.print(
             f"warning: some texts were longer than {predictor.bundle.manifest.max_length} tokens "
             "and were truncated"

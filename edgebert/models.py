@@ -57,8 +57,19 @@ class Checkpoint:
     def lowercase(self) -> bool:
         """Whether sentence-transformers lowercases its texts before tokenizing
         (``sentence_bert_config.json``'s ``do_lower_case``), which the tokenizer may not do itself."""
+        return self._sentence_bert.get("do_lower_case") is True
+
+    @property
+    def max_seq_length(self) -> int | None:
+        """Where sentence-transformers cuts this model's texts (``sentence_bert_config.json``'s
+        ``max_seq_length``), if it says."""
+        length = self._sentence_bert.get("max_seq_length")
+        return length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
+
+    @property
+    def _sentence_bert(self) -> dict[str, Any]:
         config = self.path / "sentence_bert_config.json"
-        return config.is_file() and _json(config, dict).get("do_lower_case") is True
+        return _json(config, dict) if config.is_file() else {}
 
     def describe(self) -> dict[str, Any]:
         keys = (

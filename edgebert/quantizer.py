@@ -139,11 +139,9 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     reference, _ = teacher.outputs(texts)
     teacher.session = None  # its tokenizer is all that is needed from here: free fp32's weights
     made_from_int8 = manifest.descendants("int8")  # an earlier model's calibration file, its IR
-    if made_from_int8:
-        log.warning(
-            "the INT8 model is replaced, and with it what was made from it: %s",
-            ", ".join(sorted(made_from_int8)),
-        )
+    remade = {"int8-fused", "int8.data"} | ({"calibration"} if config.method != "dynamic" else set())
+    if lost := sorted(set(made_from_int8) - remade):
+        log.warning("the INT8 model is replaced, and with it what was made from it: %s", ", ".join(lost))
     for name in made_from_int8:
         (stage / manifest.artifacts[name].file).unlink(missing_ok=True)
     manifest = manifest.without(made_from_int8)
@@ -415,8 +413,12 @@ def validate_against_parent(bundle: Bundle, name: str, config: QuantizeConfig) -
     """Compare artifact ``name`` with its parent on the built-in sentences; raise beyond tolerance."""
     parent_name = bundle.manifest.artifacts[name].parent or "fp32"
     parent, _ = Predictor(bundle, precision=parent_name).outputs(SENTENCES)
-    child, _ = Predictor(bundle, precision=name).outputs(SENTENCES)
-    return judged(bundle.manifest.task, parent, child, config, name, parent_name)
+    predictor = Predictor(bundle, precision=name)
+    child, _ = predictor.outputs(SENTENCES)
+    figures = judged(bundle.manifest.task, parent, child, config, name, parent_name)
+    if predictor.backend == "openvino":  # at OpenVINO's default precision: what a Predictor gets
+        figures["inference_precision"] = predictor.session.inference_precision
+    return figures
 
 
 def judged(

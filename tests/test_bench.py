@@ -32,6 +32,7 @@ ROW_KEYS = {
     "first_inference_ms",
     "runs",
     "timed_seconds",
+    "stopped_early",
     "warmup_runs",
     "p50_vs_fp32",
 }
@@ -75,6 +76,20 @@ def test_a_shape_cut_short_by_max_seconds_is_said(classify_bundle: Path) -> None
     assert all(0 < n < 10**9 for n in runs)
     assert any("timing stopped at --max-seconds (0.5 s a shape)" in w for w in report["warnings"])
     assert f"over {min(runs):,}" in caption(report) and "10000000" not in caption(report)
+
+
+def test_real_text_times_every_model_on_the_same_texts(
+    classify_bundle: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    # the slowest model sets how many texts all time: the faster ones then have fewer timed seconds
+    # than --min-seconds, which --max-seconds did not cause
+    timing = Timing(warmup=1, min_runs=3, min_seconds=0.6, max_seconds=30.0)
+    config = BenchConfig(data=str(sentiment_files[1]), real_text=True, timing=timing, save=False)
+    report = bench(str(classify_bundle), config)
+    rows = report["results"]
+    assert [r["name"] for r in rows] == ["cpu:fp32 real", "cpu:int8 real"]
+    assert len({r["runs"] for r in rows}) == 1 and max(r["timed_seconds"] for r in rows) >= 0.6
+    assert not any(r["stopped_early"] for r in rows) and not report["warnings"]
 
 
 def test_a_saved_report_never_replaces_another(classify_bundle: Path) -> None:

@@ -222,6 +222,7 @@ def test_distill_calibration(fp32_bundle: Path, sentiment_files: tuple[Path, Pat
     made_by = distilled.manifest.artifacts["int8"].made_by
     assert made_by["method"] == "distill" and made_by["divergence_chosen"] <= made_by["divergence_minmax"]
     assert made_by["candidates_tried"] > 0 and made_by["search_seconds"]["total"] > 0
+    assert made_by["divergence_measure"] == "KL of class probabilities"  # a classifier
     report = json.loads(distilled.file("calibration").read_text())
     assert set(report["chosen"]) == set(report["ranges"]) and report["search_texts"] == 128
     assert distilled.manifest.artifacts["calibration"].kind == "calibration"

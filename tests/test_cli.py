@@ -183,6 +183,10 @@ def test_predict_prints_texts_as_they_are(classify_bundle: Path) -> None:
     assert "[b]great[/b]" in table.stdout and "[/INST] x" in table.stdout  # not read as Rich markup
     empty = CliRunner().invoke(main, ["predict", str(classify_bundle), "--json"], input=b"\n")
     assert empty.exit_code == 0 and json.loads(empty.stdout) == [] and "no texts on stdin" in empty.stderr
+    # a truncated text is flagged in the JSON and said on stderr, as in the table
+    long = CliRunner().invoke(main, ["predict", str(classify_bundle), "--json", "good " * 300])
+    assert long.exit_code == 0 and json.loads(long.stdout)[0]["truncated"] is True
+    assert "were truncated" in long.stderr
 
 
 def test_stdin_is_read_as_data_files_are(classify_bundle: Path) -> None:

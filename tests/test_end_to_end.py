@@ -23,6 +23,7 @@ def test_default_model_export_int8_and_bench(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     manifest = json.loads(result.stdout)
     assert manifest["task"] == "embed" and manifest["source"]["num_hidden_layers"] == 6
+    assert manifest["max_length"] == 256  # where sentence-transformers cuts all-MiniLM-L6-v2's texts
     assert manifest["artifacts"]["fp32"]["validation"]["max_abs_diff"] < 1e-4
     assert manifest["artifacts"]["int8"]["validation"]["agreement"] > 0.98
     result = CliRunner().invoke(main, ["bench", str(out), "--batch-size", "1", *FAST])

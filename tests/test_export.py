@@ -274,7 +274,7 @@ def test_malformed_checkpoints_are_one_line_errors(tiny_embedder: Path, tmp_path
     assert resolve(str(broken)).task == "embed"
 
 
-def test_sentence_transformers_lowercasing_is_kept(tiny_embedder: Path, tmp_path: Path) -> None:
+def test_sentence_transformers_settings_are_kept(tiny_embedder: Path, tmp_path: Path) -> None:
     import json
 
     cased = _edited(tiny_embedder, tmp_path / "cased")
@@ -289,9 +289,12 @@ def test_sentence_transformers_lowercasing_is_kept(tiny_embedder: Path, tmp_path
     )[0]
     assert not np.allclose(before[0], before[1])  # cased: two texts
     (cased / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 128, "do_lower_case": True})
+        json.dumps({"max_seq_length": 48, "do_lower_case": True})
     )
-    after = Predictor(export(tmp_path / "b", ExportConfig(model=str(cased)))).outputs(
-        ["The Plot", "the plot"]
-    )[0]
+    bundle = export(tmp_path / "b", ExportConfig(model=str(cased)))
+    after = Predictor(bundle).outputs(["The Plot", "the plot"])[0]
     assert np.allclose(after[0], after[1], atol=1e-6)  # sentence-transformers lowercases first
+    # and cuts texts where it says, unless --max-length says otherwise (the default without it: 128)
+    assert bundle.manifest.max_length == 48
+    assert Bundle.load(tmp_path / "a").manifest.max_length == 128
+    assert export(tmp_path / "c", ExportConfig(model=str(cased), max_length=64)).manifest.max_length == 64

@@ -57,6 +57,8 @@ def test_ir_and_nncf_int8_are_validated(ov_bundle: Path) -> None:
     int8 = artifacts["openvino-int8"]
     assert int8["made_by"]["model_type"] == "TRANSFORMER" and "64 texts" in int8["made_by"]["calibrated_on"]
     assert int8["validation"]["agreement"] >= 0.9
+    # checked at the precision a Predictor gets by default, and saying which
+    assert int8["validation"]["inference_precision"] == openvino_default_precision()
     # the int8 weights are smaller than the fp32 ones
     assert (ov_bundle / "model.openvino-int8.bin").stat().st_size < 0.5 * (
         ov_bundle / "model.openvino.bin"
@@ -96,7 +98,10 @@ def test_onnx_runtime_methods_are_refused_for_openvino(ov_bundle: Path) -> None:
 
 
 def test_distill_converts_the_distill_int8_model(
-    classify_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+    classify_bundle: Path,
+    sentiment_files: tuple[Path, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import openvino as ov
 
@@ -134,8 +139,11 @@ def test_distill_converts_the_distill_int8_model(
     quantize(out, dataclasses.replace(config, calibration_data=str(copy)))
     remade = json.loads((out / "manifest.json").read_text())["artifacts"]["int8"]["made_by"]
     assert remade["calibration_texts_sha256"] != int8["made_by"]["calibration_texts_sha256"]
-    # replacing the INT8 model removes what was made from it: its calibration file and its IR
+    # replacing the INT8 model removes what was made from it: its calibration file and its IR, and
+    # says so (not the graph and weights file every INT8 model gets anew)
+    caplog.clear()
     quantize(out, QuantizeConfig(method="dynamic"))
+    assert "made from it: calibration, openvino-int8, openvino-int8.bin" in caplog.text
     left = json.loads((out / "manifest.json").read_text())["artifacts"]
     assert not {"calibration", "openvino-int8", "openvino-int8.bin"} & set(left)
     assert not (out / ir["file"]).exists() and not (out / "calibration.json").exists()
@@ -262,8 +270,13 @@ def test_static_shapes_follow_the_dynamic_model(ov_bundle: Path) -> None:
     assert len(static.session._specialised) == 2  # the least recently used shape was let go
 
 
-def test_dynamic_int8_on_openvino_is_not_padded(classify_bundle: Path) -> None:
-    # no IR in this bundle: OpenVINO runs the ONNX dynamic INT8 model, whose ranges would read padding
+def test_dynamic_int8_on_openvino_is_not_padded(
+    classify_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # no IR in this bundle: by default OpenVINO runs its fp32 model, and says how to get INT8
+    assert Predictor(classify_bundle, backend="openvino").precision == "fp32"
+    assert "no OpenVINO INT8 model" in caplog.text and "precision int8" in caplog.text
+    # which runs the ONNX dynamic INT8 model, whose ranges would read padding
     predictor = Predictor(classify_bundle, backend="openvino", precision="int8")
     texts = ["the movie was really good", "bad"]
     assert predictor.precision == "int8" and predictor.encode(texts)[0]["input_ids"].shape[1] < 16

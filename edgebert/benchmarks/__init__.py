@@ -104,7 +104,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         for shape in measured.pop("shapes"):
             results.append(
                 {
-                    "name": f"{label} b{shape['batch_size']} s{shape['seq_len']}",
+                    "name": f"{label} {_shape_name(shape)}",
                     "target": subject.device,
                     "model": subject.model,
                     "precision": precision,
@@ -213,6 +213,10 @@ def _numbered(name: str) -> Iterator[str]:
     yield from (f"{name}-{n}" for n in itertools.count(2))
 
 
+def _shape_name(shape: dict[str, Any]) -> str:
+    return "real" if shape["seq_len"] == "real" else f"b{shape['batch_size']} s{shape['seq_len']}"
+
+
 def _describe(shapes: list[Shape]) -> str:
     if shapes[0][0] == "real":
         return f"{len(shapes[0][1])} real texts, one at a time"
@@ -227,9 +231,7 @@ def _warnings(results: list[dict[str, Any]], timing: Timing) -> list[str]:
             f"p99 was more than {NOISY_SPREAD:g}x p50 for {', '.join(noisy)}: the machine was busy or "
             "the timings are unstable; close other work and rerun, or read the ratios rather than the times"
         )
-    short = [
-        r["name"] for r in results if r["runs"] < timing.min_runs or r["timed_seconds"] < timing.min_seconds
-    ]
+    short = [r["name"] for r in results if r["stopped_early"]]
     if short:
         warnings.append(
             f"timing stopped at --max-seconds ({timing.max_seconds:g} s a shape) before "

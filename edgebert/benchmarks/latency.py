@@ -86,9 +86,9 @@ def measure_models(
         for p in results:
             results[p]["shapes"] = []
         for shape in shapes:
-            timings = _time_shape({p: conn for p, (_, conn) in children.items()}, shape, timing)
+            timings, short = _time_shape({p: conn for p, (_, conn) in children.items()}, shape, timing)
             for p, seconds in timings.items():
-                results[p]["shapes"].append(_summary(shape, seconds, timing))
+                results[p]["shapes"].append({**_summary(shape, seconds, timing), "stopped_early": p in short})
         for p, (_, conn) in children.items():
             conn.send(("stop",))
             results[p].update(_receive(conn))
@@ -101,7 +101,11 @@ def measure_models(
                 process.kill()
 
 
-def _time_shape(conns: dict[str, Connection], shape: Shape, timing: Timing) -> dict[str, list[float]]:
+def _time_shape(
+    conns: dict[str, Connection], shape: Shape, timing: Timing
+) -> tuple[dict[str, list[float]], set[str]]:
+    """Each model's timed runs of ``shape``, and the models ``max_seconds`` stopped before they had
+    their ``min_runs`` and ``min_seconds``."""
     for conn in conns.values():
         conn.send(("warmup", shape, timing.warmup))
         _receive(conn)
@@ -112,12 +116,13 @@ def _time_shape(conns: dict[str, Connection], shape: Shape, timing: Timing) -> d
             time.sleep(timing.pause)
             conn.send(("time", timing.turn_seconds))
             seconds[p] += _receive(conn)["seconds"]
-        if all(len(s) >= timing.min_runs and sum(s) >= timing.min_seconds for s in seconds.values()):
+        short = {p for p, s in seconds.items() if len(s) < timing.min_runs or sum(s) < timing.min_seconds}
+        if not short:
             break
     if shape[0] == "real":  # every model on the same texts in the same order: as many as the slowest ran
         fewest = min(len(s) for s in seconds.values())
         seconds = {p: s[:fewest] for p, s in seconds.items()}
-    return seconds
+    return seconds, short
 
 
 def _summary(shape: Shape, seconds: list[float], timing: Timing) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def distill_ranges(
     picked = {name: limits[chosen.get(name, "minmax")][name] for name in limits["minmax"]}
     ranges = _minmax(picked)
     report = {
+        "divergence_measure": "cosine distance" if teacher.task == "embed" else "KL of class probabilities",
         "divergence_minmax": tried_smoothing.get("divergence_by_alpha", {}).get("none", before),
         "divergence_chosen": best,
         "smoothing": {

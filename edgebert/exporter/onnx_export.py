@@ -37,6 +37,8 @@ class ExportConfig:
     ``task`` None follows the checkpoint (a classification head means classify, else embed).
     ``fuse`` runs ONNX Runtime's transformer optimizer offline; it is off by default because the
     fused graph ran slower on our CPU in fp32 and int8 (benchmarks/results/cpu.md).
+    ``max_length``: the longest input in tokens, longer texts cut; None takes sentence-transformers'
+    ``max_seq_length`` where the checkpoint has one (256 for the default model), else 128.
     ``tolerance`` is the largest absolute difference from torch accepted for the fp32 model.
     ``calibration``: dynamic INT8, or static with ranges by minmax/percentile/entropy or chosen per
     tensor by distillation-aware search (distill), measured on ``calibration_samples`` texts of
@@ -50,7 +52,7 @@ class ExportConfig:
     model: str | None = None
     task: str | None = None
     quantize: str = "none"
-    max_length: int = 128
+    max_length: int | None = None
     opset: int = 17
     fuse: bool = False
     tolerance: float = 1e-4
@@ -74,7 +76,9 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         raise EdgebertError(f"unknown --quantize '{config.quantize}': use none, int8 or fp16")
     if config.target not in ("onnx", "openvino"):
         raise EdgebertError(f"unknown --target '{config.target}': use onnx or openvino")
-    if not isinstance(config.max_length, int) or not 8 <= config.max_length <= 512:
+    if config.max_length is not None and (
+        not isinstance(config.max_length, int) or not 8 <= config.max_length <= 512
+    ):
         raise EdgebertError(f"--max-length {config.max_length!r} is out of range: use 8 to 512")
     if not isinstance(config.opset, int) or not 17 <= config.opset <= 21:
         raise EdgebertError(f"--opset {config.opset!r} is out of range: use 17 to 21")
@@ -98,8 +102,9 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
             ", ".join(heads),
             checkpoint.pooling["mode"],
         )
-    positions = checkpoint.config.get("max_position_embeddings")
-    config = _capped(config, positions, "the model has {} positions")
+    # by default, where sentence-transformers cuts this model's texts (if it says)
+    length = config.max_length or max(8, checkpoint.max_seq_length or 128)
+    length = _capped(length, checkpoint.config.get("max_position_embeddings"), "the model has {} positions")
     if config.quantize == "int8":
         from edgebert.quantizer import check_settings
 
@@ -107,14 +112,15 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
     log.info("loading %s (%s) from %s", checkpoint.name, task, checkpoint.path)
     module, hf_tokenizer = _load_torch(checkpoint, task)
     declared = hf_tokenizer.model_max_length  # huge (1e30) where the checkpoint states none
-    config = _capped(config, declared, "the checkpoint's tokenizer stops at {} tokens (model_max_length)")
+    length = _capped(length, declared, "the checkpoint's tokenizer stops at {} tokens (model_max_length)")
+    config = dataclasses.replace(config, max_length=length)
     with staging(Path(out), replace=config.force) as stage:
-        _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, config.max_length)
+        _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, length)
         log.info("exporting to ONNX (opset %d, dynamic batch and sequence axes)", config.opset)
         with first_token_only(module.model, task, checkpoint.pooling) as first_token:
             _onnx_export(module, hf_tokenizer, stage / FP32_FILE, config.opset, _output_name(task))
         made_by = _made_by(config, _fuse(stage / FP32_FILE, checkpoint) if config.fuse else None, first_token)
-        manifest = _manifest(stage, checkpoint, task, config, made_by)
+        manifest = _manifest(stage, checkpoint, task, length, made_by)
         log.info("validating the ONNX model against torch on %d sentences", len(SENTENCES))
         validation = _validate(Bundle(stage, manifest), module, hf_tokenizer, config.tolerance)
         manifest = manifest.with_artifact(
@@ -125,13 +131,13 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
     return Bundle.load(out)
 
 
-def _capped(config: ExportConfig, limit: Any, why: str) -> ExportConfig:
-    """``config`` with ``max_length`` at most ``limit`` (where that is a whole number of tokens), and a
-    warning saying ``why`` where it was cut: longer inputs than the model or its tokenizer take."""
-    if not isinstance(limit, int) or config.max_length <= limit:
-        return config
-    log.warning("--max-length %d: %s, so texts are cut there", config.max_length, why.format(limit))
-    return dataclasses.replace(config, max_length=limit)
+def _capped(length: int, limit: Any, why: str) -> int:
+    """``length`` at most ``limit`` (where that is a whole number of tokens), and a warning saying
+    ``why`` where it was cut: longer inputs than the model or its tokenizer take."""
+    if not isinstance(limit, int) or length <= limit:
+        return length
+    log.warning("--max-length %d: %s, so texts are cut there", length, why.format(limit))
+    return limit
 
 
 def _check_head(checkpoint: Checkpoint) -> None:
@@ -289,7 +295,7 @@ def _fp32_fields(made_by: dict[str, Any]) -> dict[str, Any]:
 
 
 def _manifest(
-    stage: Path, checkpoint: Checkpoint, task: str, config: ExportConfig, made_by: dict[str, Any]
+    stage: Path, checkpoint: Checkpoint, task: str, max_length: int, made_by: dict[str, Any]
 ) -> Manifest:
     import onnx
     import onnxruntime
@@ -300,7 +306,7 @@ def _manifest(
     return Manifest(
         task=task,
         labels=checkpoint.labels if task == "classify" else None,
-        max_length=config.max_length,
+        max_length=max_length,
         inputs=INPUTS,
         output=_output_name(task),
         output_name=_output_name(task),

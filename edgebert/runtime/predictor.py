@@ -7,7 +7,7 @@ Batch invariance: a text gets the same answer alone or in a batch. fp32 models a
 length (padding changes nothing: measured 0.0 difference). Dynamic INT8 models compute activation
 ranges over the whole batch, padding included, so a neighbour can move a text's answer (measured on
 SST-2 dev: up to 0.22 in probability, 8 of 872 labels flipped); they run one text per call, which
-on our CPU costs little throughput (batch 1: 324 items/s, batch 8: 353; benchmarks/results/cpu.md).
+on our CPU costs little throughput (batch 1: 250 items/s, batch 8: 296; benchmarks/results/cpu.md).
 """
 
 from __future__ import annotations
@@ -264,6 +264,14 @@ def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> 
     else:
         wanted = (f"openvino-{precision}", precision) if backend == "openvino" else (precision,)
     name = next((n for n in wanted if n in models), None)
+    if precision is None and backend == "openvino" and name != "openvino-int8" and "int8" in models:
+        log.warning(
+            "bundle '%s' has no OpenVINO INT8 model, so OpenVINO runs its %s model: add one with "
+            "`edgebert quantize BUNDLE --target openvino`, or pass precision int8 to run the ONNX INT8 "
+            "model on OpenVINO",
+            bundle.path,
+            name,
+        )
     if name is None:
         raise BundleError(
             f"bundle '{bundle.path}' has no {' or '.join(repr(w) for w in wanted)} model "
