@@ -179,7 +179,7 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
     type=click.IntRange(0),
     default=0,
     show_default=True,
-    help="openvino: also run the INT8 models compiled for each input shape met, keeping the last N "
+    help="openvino: also run the models compiled for each input shape met, keeping the last N "
     "(faster; costs a compile per new shape and a copy of the weights each).",
 )
 @click.option("--precision", "precisions", help="Comma-separated models to run (default: all in the bundle).")
@@ -296,11 +296,21 @@ def bench(
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("texts", nargs=-1)
-@click.option("--precision", help="Model to use (default: int8 if the bundle has one, else fp32).")
+@click.option(
+    "--precision",
+    help="Model to use (default: the backend's best the bundle has: int8, else fp32; on OpenVINO "
+    "openvino-int8, else openvino-fp32, else fp32).",
+)
 @click.option(
     "--backend",
     type=click.Choice(["cpu", "openvino", "gpu", "tensorrt"]),
     help="Runtime (default: ONNX Runtime CPU, or OpenVINO for an OpenVINO IR --precision).",
+)
+@click.option(
+    "--inference-precision",
+    type=click.Choice(["f32", "bf16", "f16"]),
+    help="OpenVINO: what the model's float operations compute in (default: the plugin's, bf16 on CPUs "
+    "with AVX-512 BF16 or AMX; f32 is the most accurate).",
 )
 @click.option("--pair", is_flag=True, help="Read TEXTS two at a time as (text, text_pair) sentence pairs.")
 @JSON
@@ -310,6 +320,7 @@ def predict(
     texts: tuple[str, ...],
     precision: str | None,
     backend: str | None,
+    inference_precision: str | None,
     pair: bool,
     as_json: bool,
 ) -> None:
@@ -335,7 +346,9 @@ def predict(
         if len(items) % 2:
             raise click.BadParameter("--pair needs an even number of texts")
         items = list(zip(items[::2], items[1::2], strict=True))
-    predictor = Predictor(bundle, precision=precision, backend=backend)
+    predictor = Predictor(
+        bundle, precision=precision, backend=backend, inference_precision=inference_precision
+    )
     results = predictor.predict(items)
     if as_json:
         print_json([{"text": t, **r.to_dict()} for t, r in zip(items, results, strict=True)])

@@ -178,10 +178,13 @@ def refuse_ignored(options: dict[str, Any]) -> None:
         raise click.UsageError("--fp16-weights: for --target openvino only")
     method = options.get("calibration")
     if given("target_agreement") and method != "distill":
-        raise click.UsageError(
-            "--target-agreement: for --calibration distill only (the other methods keep the most "
-            "sensitive layer in float; --eval-data with --max-drop gives any method an accuracy budget)"
+        others = (
+            "NNCF's OpenVINO model takes none"
+            if options.get("target") == "openvino"
+            else "the other methods keep the most sensitive layer in float; --eval-data with --max-drop "
+            "gives any method an accuracy budget"
         )
+        raise click.UsageError(f"--target-agreement: for --calibration distill only ({others})")
     if given("max_drop") and not options.get("eval_data"):
         raise click.UsageError("--max-drop: the accuracy budget on --eval-data, which is not given")
     if options.get("target") == "openvino" and method == "dynamic" and given("eval_data"):

@@ -105,9 +105,8 @@ def quantize(bundle: str | Path, config: QuantizeConfig = QuantizeConfig()) -> B
     return Bundle.load(source.path)
 
 
-def check_settings(config: Any, task: str) -> None:
-    """Refuse INT8 settings (of a ``QuantizeConfig`` or an ``ExportConfig``) that no run can use,
-    before any work."""
+def check_settings(config: QuantizeConfig, task: str) -> None:
+    """Refuse INT8 settings that no run can use, before any work."""
     samples = config.calibration_samples
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise EdgebertError(f"--calibration-samples must be 1 or more, not {samples!r}")
@@ -115,6 +114,11 @@ def check_settings(config: Any, task: str) -> None:
         raise EdgebertError(f"--target-agreement must be within 0..1, not {config.target_agreement!r}")
     if config.eval_data is not None and task != "classify":
         raise DataError("--eval-data measures accuracy: it needs a classifier bundle")
+    if config.target == "openvino" and config.method not in ("dynamic", "distill"):
+        raise EdgebertError(
+            f"--calibration {config.method} is an ONNX Runtime method: for OpenVINO, NNCF measures "
+            "its own ranges (leave --calibration at its default) or use --calibration distill"
+        )
 
 
 def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Manifest:

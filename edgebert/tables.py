@@ -38,7 +38,7 @@ def made_by(made: dict[str, Any]) -> str:
     """How a model was made, in a line: its tool or method, calibration texts, the layers it keeps
     in float and whether its agreement target was met (the whole record is in ``info --json``)."""
     tool = str(made.get("tool", "–")).split()[0]
-    method = made.get("method")  # NNCF's is the CLI's default, "dynamic": its ranges are NNCF's own
+    method = made.get("method")  # NNCF's: "nncf" (older bundles say "dynamic", the CLI's default)
     parts = [f"{method} ({tool})" if method and not tool.startswith("nncf") else tool]
     calibrated = made.get("calibrated_on") or made.get("sensitivity", {}).get("measured_on")
     if calibrated:
@@ -56,9 +56,9 @@ def made_by(made: dict[str, Any]) -> str:
 
 def predictions_table(predictor: Any, items: list[Any], results: list[Any]) -> Table:
     """One row per text: its label and score, or the start of its embedding."""
-    table = Table(
-        title=f"{predictor.task} · {predictor.precision} · {predictor.bundle.path}", title_justify="left"
-    )
+    computes_in = getattr(predictor.session, "inference_precision", None)  # OpenVINO's, which may be bf16
+    model = f"{predictor.precision} (computes in {computes_in})" if computes_in else predictor.precision
+    table = Table(title=f"{predictor.task} · {model} · {predictor.bundle.path}", title_justify="left")
     table.add_column("text", overflow="ellipsis", max_width=60)
     if predictor.task == "classify":
         table.add_column("label")

@@ -33,6 +33,7 @@ ROW_KEYS = {
     "runs",
     "timed_seconds",
     "stopped_early",
+    "fp16_weights",
     "warmup_runs",
     "p50_vs_fp32",
 }

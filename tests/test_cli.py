@@ -233,7 +233,8 @@ def test_options_a_run_would_not_use_are_refused(
     fp16 = runner.invoke(main, ["quantize", str(classify_bundle), "--fp16-weights"])
     assert fp16.exit_code == 2 and "for --target openvino only" in fp16.stderr
     for args, reason in (
-        (["--target-agreement", "0.9"], "for --calibration distill only"),
+        (["--target-agreement", "0.9"], "for --calibration distill only (the other methods keep"),
+        (["--target", "openvino", "--target-agreement", "0.9"], "NNCF's OpenVINO model takes none"),
         (["--max-drop", "1"], "the accuracy budget on --eval-data, which is not given"),
         (["--target", "openvino", "--eval-data", str(sentiment_files[1])], "takes no accuracy budget"),
     ):

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import assert_torch_free
 from edgebert.benchmarks import BenchConfig, Timing, bench
-from edgebert.benchmarks.report import write_report
+from edgebert.benchmarks.report import rows, write_report
 from edgebert.errors import EdgebertError
 from edgebert.quantizer import QuantizeConfig, quantize
 from edgebert.runtime import Predictor
@@ -56,6 +56,8 @@ def test_ir_and_nncf_int8_are_validated(ov_bundle: Path) -> None:
     assert ir["validation"]["max_abs_diff"] <= 1e-4 and ir["validation"]["inference_precision"] == "f32"
     int8 = artifacts["openvino-int8"]
     assert int8["made_by"]["model_type"] == "TRANSFORMER" and "64 texts" in int8["made_by"]["calibrated_on"]
+    # NNCF's ranges are static: its model runs texts in batches, as any static INT8 model does
+    assert int8["made_by"]["method"] == "nncf" and Predictor(ov_bundle, backend="openvino").batch_size == 32
     assert int8["validation"]["agreement"] >= 0.9
     # checked at the precision a Predictor gets by default, and saying which
     assert int8["validation"]["inference_precision"] == openvino_default_precision()
@@ -83,6 +85,18 @@ def test_predictor_on_openvino(ov_bundle: Path) -> None:
     assert Predictor(ov_bundle, precision="openvino-int8").backend == "openvino"
     with pytest.raises(EdgebertError, match="OpenVINO IR: run it with backend 'openvino'"):
         Predictor(ov_bundle, precision="openvino-int8", backend="cpu")
+
+
+def test_an_inference_precision_the_cpu_lacks_is_refused(ov_bundle: Path) -> None:
+    from edgebert.runtime import BackendError
+
+    for wanted in ("f16", "bf16", "f32"):  # OpenVINO would fall back to another without a word
+        try:
+            predictor = Predictor(ov_bundle, backend="openvino", precision="fp32", inference_precision=wanted)
+        except BackendError as exc:
+            assert wanted != "f32" and f"no {wanted} path on this CPU" in str(exc)
+        else:
+            assert predictor.session.inference_precision == wanted
 
 
 def test_openvino_runtime_never_imports_torch(ov_bundle: Path) -> None:
@@ -196,6 +210,23 @@ def test_bench_across_targets_with_report(
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_fp16_weights_are_judged_and_named(classify_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    shutil.copytree(classify_bundle, out)
+    quantize(out, QuantizeConfig(target="openvino", fp16_weights=True, calibration_samples=32))
+    ir = json.loads((out / "manifest.json").read_text())["artifacts"]["openvino-fp32"]
+    assert ir["made_by"]["weights"] == "fp16" and ir["validation"]["inference_precision"] == "f32"
+    assert ir["validation"]["agreement"] >= 0.9  # judged as a model of another precision, not to 1e-4
+    config = BenchConfig(
+        devices=("openvino",), batch_sizes=(1,), seq_lens=(8,), threads=1, timing=QUICK, save=False
+    )
+    report = bench(str(out), config)
+    at_f32 = next(r for r in report["results"] if r["inference_precision"] == "f32")
+    # computing in f32 from fp16 weights is no fp32 baseline, and the table says which weights
+    assert at_f32["fp16_weights"] and at_f32["p50_vs"] is None
+    assert "openvino-fp32 (fp16 weights)" in [cells[1] for cells in rows(report)]
+
+
 def test_real_text_mode(ov_bundle: Path, sentiment_files: tuple[Path, Path]) -> None:
     config = BenchConfig(
         devices=("openvino",),
@@ -257,6 +288,19 @@ def test_cli_export_to_openvino_predict_and_bench(
     assert (tmp_path / "report" / "latency-accuracy-b1-s8.png").is_file() and "wrote" in stderr
     code, _, stderr = run("quantize", str(out), "--target", "openvino", "--calibration", "entropy")
     assert code == 1 and "NNCF measures its own ranges" in stderr
+    # refused before the export's work, not after it
+    code, _, stderr = run(
+        "export", "-m", str(tiny_classifier), "--target", "openvino", "--quantize", "int8",
+        "--calibration", "minmax", "-o", str(tmp_path / "refused"),
+    )  # fmt: skip
+    assert code == 1 and "NNCF measures its own ranges" in stderr and "loading" not in stderr
+    # an IR's precision, asked for on ONNX Runtime, is pointed to OpenVINO
+    code, _, stderr = run("predict", str(out), "a lovely film", "--precision", "int8")
+    assert code == 1 and "its openvino-int8 model runs with backend 'openvino'" in stderr
+    code, stdout, _ = run(
+        "predict", str(out), "a film", "--backend", "openvino", "--inference-precision", "f32"
+    )
+    assert code == 0 and "openvino-int8 (computes in f32)" in " ".join(stdout.split())  # the title, wrapped
 
 
 def test_static_shapes_follow_the_dynamic_model(ov_bundle: Path) -> None:
@@ -276,6 +320,10 @@ def test_dynamic_int8_on_openvino_is_not_padded(
     # no IR in this bundle: by default OpenVINO runs its fp32 model, and says how to get INT8
     assert Predictor(classify_bundle, backend="openvino").precision == "fp32"
     assert "no OpenVINO INT8 model" in caplog.text and "precision int8" in caplog.text
+    # bench runs that model on OpenVINO too, as the Predictor does
+    config = BenchConfig(devices=("openvino",), precisions=("int8",), batch_sizes=(1,), seq_lens=(8,))
+    report = bench(str(classify_bundle), dataclasses.replace(config, threads=1, timing=QUICK, save=False))
+    assert {(r["target"], r["model"]) for r in report["results"]} == {("openvino", "int8")}
     # which runs the ONNX dynamic INT8 model, whose ranges would read padding
     predictor = Predictor(classify_bundle, backend="openvino", precision="int8")
     texts = ["the movie was really good", "bad"]

@@ -50,6 +50,10 @@ def test_long_text_is_truncated_and_flagged(embed_bundle: Path) -> None:
     [result] = Predictor(embed_bundle).predict(["word " * 5000])
     assert result.truncated
     assert result.embedding is not None and np.isfinite(result.embedding).all()
+    # padding to a multiple of tokens stops at max_length (64), past which a model may have no positions
+    padded = Predictor(embed_bundle, pad_to_multiple_of=48)
+    assert padded.encode(["word " * 5000, "word"])[0]["input_ids"].shape == (2, 64)
+    assert np.allclose(padded.predict(["word " * 5000])[0].embedding, result.embedding, atol=1e-5)
 
 
 def test_odd_but_valid_text(classify_bundle: Path) -> None:

@@ -99,7 +99,8 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
     results = []
     for label, subject in subjects.items():
         measured = timed[label]
-        precision = bundle.manifest.artifacts[subject.model].precision or "fp32"
+        art = bundle.manifest.artifacts[subject.model]
+        precision = art.precision or "fp32"
         computed = measured.pop("inference_precision")
         for shape in measured.pop("shapes"):
             results.append(
@@ -110,6 +111,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
                     "precision": precision,
                     "inference_precision": computes_in(precision, computed),
                     "static_shapes": subject.static_shapes,
+                    "fp16_weights": art.made_by.get("weights") == "fp16",  # an IR's (--fp16-weights)
                     **shape,
                     **quality[label],
                     "size_mb": model_size_mb(bundle, subject.model),
@@ -170,7 +172,7 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
             if both and art.precision in ("fp32", "int8"):
                 subjects[f"openvino:{name}@f32"] = Subject(bundle.path, name, device, "f32")
             subjects[f"{device}:{name}"] = Subject(bundle.path, name, device)
-            if device == "openvino" and art.precision == "int8" and config.static_shapes:
+            if device == "openvino" and config.static_shapes:
                 static = Subject(bundle.path, name, device, static_shapes=config.static_shapes)
                 subjects[f"openvino:{name}@static"] = static
     if not subjects:
@@ -181,12 +183,13 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
 
 
 def _runs_on(device: str, name: str, file: str, precision: str | None, models: dict[str, Any]) -> bool:
-    """Whether bench runs a model on a target: OpenVINO runs the IR models (the ONNX fp32 model when
-    there is no IR), ONNX Runtime the ONNX models (fp16 on a GPU only)."""
+    """Whether bench runs a model on a target: OpenVINO runs the IR models (an ONNX fp32 or INT8
+    model where there is no IR of it, as the Predictor does), ONNX Runtime the ONNX models (fp16 on
+    a GPU only)."""
     if Path(file).suffix not in BACKENDS[device].suffixes:
         return False
     if device == "openvino":
-        return Path(file).suffix == ".xml" or (name == "fp32" and "openvino-fp32" not in models)
+        return Path(file).suffix == ".xml" or (name in ("fp32", "int8") and f"openvino-{name}" not in models)
     return device != "cpu" or precision != "fp16"
 
 

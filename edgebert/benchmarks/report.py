@@ -33,11 +33,11 @@ COLUMNS = (
 
 def with_fp32_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``results``, each with its p50 latency as a ratio to fp32's on ONNX Runtime CPU at the same
-    shape (or to the first row computing in fp32 there): ``p50_vs_fp32``, and that row's name in
-    ``p50_vs``; None where the shape has no fp32 row."""
+    shape (or to the first row computing in fp32 there, from fp32 weights): ``p50_vs_fp32``, and that
+    row's name in ``p50_vs``; None where the shape has no fp32 row."""
     fp32: dict[tuple[Any, Any], dict[str, Any]] = {}
     for r in results:
-        exact = r["inference_precision"] in ("fp32", "f32")
+        exact = r["inference_precision"] in ("fp32", "f32") and not r.get("fp16_weights")
         if exact and (r["target"] == "cpu" or (r["batch_size"], r["seq_len"]) not in fp32):
             fp32[(r["batch_size"], r["seq_len"])] = r
     ratioed = []
@@ -76,8 +76,10 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def _model(row: dict[str, Any]) -> str:
-    """The model's name, marked when OpenVINO ran it with shape-specialised compiled models."""
-    return f"{row['model']} static" if row.get("static_shapes") else row["model"]
+    """The model's name, marked when OpenVINO ran it with shape-specialised compiled models, or its
+    weights are stored in fp16."""
+    static = " static" if row.get("static_shapes") else ""
+    return row["model"] + static + (" (fp16 weights)" if row.get("fp16_weights") else "")
 
 
 def caption(report: dict[str, Any]) -> str:

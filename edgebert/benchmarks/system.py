@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from typing import Any
 
@@ -34,8 +35,20 @@ def system_info() -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__,
             "numpy": numpy.__version__,
             "tokenizers": tokenizers.__version__,
+            **_installed("openvino"),
         },
     }
+
+
+def _installed(*packages: str) -> dict[str, str]:
+    """The versions of those of ``packages`` that are installed (read without importing them)."""
+    from importlib import metadata
+
+    found = {}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    return found
 
 
 def _cpu_model() -> str:

@@ -108,7 +108,7 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
     if config.quantize == "int8":
         from edgebert.quantizer import check_settings
 
-        check_settings(config, task)
+        check_settings(_quantize_config(config), task)
     log.info("loading %s (%s) from %s", checkpoint.name, task, checkpoint.path)
     module, hf_tokenizer = _load_torch(checkpoint, task)
     declared = hf_tokenizer.model_max_length  # huge (1e30) where the checkpoint states none
@@ -156,11 +156,11 @@ def _check_head(checkpoint: Checkpoint) -> None:
         )
 
 
-def _derive(stage: Path, manifest: Manifest, config: ExportConfig) -> Manifest:
-    """The models derived from the validated fp32 one that ``config`` asks for."""
-    from edgebert.quantizer import QuantizeConfig, quantize_into
+def _quantize_config(config: ExportConfig) -> Any:
+    """The ``QuantizeConfig`` of the models ``config`` derives from the fp32 one."""
+    from edgebert.quantizer import QuantizeConfig
 
-    quantize = QuantizeConfig(
+    return QuantizeConfig(
         method=config.calibration,
         calibration_data=config.calibration_data,
         calibration_samples=config.calibration_samples,
@@ -170,12 +170,20 @@ def _derive(stage: Path, manifest: Manifest, config: ExportConfig) -> Manifest:
         target=config.target,
         fp16_weights=config.fp16_weights,
     )
+
+
+def _derive(stage: Path, manifest: Manifest, config: ExportConfig) -> Manifest:
+    """The models derived from the validated fp32 one that ``config`` asks for."""
+    from edgebert.quantizer import quantize_into
+
+    quantize = _quantize_config(config)
     if config.quantize == "fp16":
         from edgebert.exporter.fp16 import fp16_into
 
         manifest = fp16_into(stage, manifest, quantize)
     if config.quantize == "int8":
-        log.info("quantizing to INT8 (%s, %s)", config.calibration, config.target)
+        nncf = config.target == "openvino" and config.calibration == "dynamic"
+        log.info("quantizing to INT8 (%s, %s)", "NNCF" if nncf else config.calibration, config.target)
         return quantize_into(stage, manifest, quantize)
     if config.target == "openvino":
         from edgebert.exporter.openvino import openvino_into

@@ -249,9 +249,16 @@ def _open_openvino(model: Path | bytes, settings: SessionOptions) -> Any:
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if settings.threads:
         config["INFERENCE_NUM_THREADS"] = settings.threads
-    if settings.inference_precision:
-        config["INFERENCE_PRECISION_HINT"] = settings.inference_precision
-    return OpenVINOSession(core, core.read_model(str(model)), config, settings.static_shapes)
+    wanted = settings.inference_precision
+    if wanted:
+        config["INFERENCE_PRECISION_HINT"] = wanted
+    session = OpenVINOSession(core, core.read_model(str(model)), config, settings.static_shapes)
+    if wanted and session.inference_precision != wanted:  # the CPU plugin falls back without a word
+        raise BackendError(
+            f"inference_precision {wanted}: OpenVINO's CPU plugin has no {wanted} path on this CPU and "
+            f"would compute in {session.inference_precision}: ask for that, or leave the default"
+        )
+    return session
 
 
 BACKENDS: dict[str, Backend] = {

@@ -115,8 +115,9 @@ class Predictor:
         _check_openvino_options(self.backend, inference_precision, static_shapes)
         chosen = self.bundle.manifest.artifacts[self.precision]
         method = chosen.made_by.get("method")
-        # an ONNX dynamic INT8 model's ranges read the padding too (see the module docstring): none for
-        # it (NNCF's IR, made by the "dynamic" method too, has static ranges)
+        # an ONNX dynamic INT8 model's ranges read the padding and the batch's other texts (see the
+        # module docstring): no padding and one text a call for it (an IR is NNCF's, whose ranges are
+        # static, though older bundles recorded it as made by "dynamic")
         dynamic = method == "dynamic" and not chosen.file.endswith(".xml")
         padding = 1 if dynamic else BACKENDS[self.backend].pad_to_multiple_of
         self.tokenizer = load_tokenizer(
@@ -150,7 +151,7 @@ class Predictor:
         else:
             self.session = model()
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.batch_size = batch_size_for(method)
+        self.batch_size = batch_size_for("dynamic" if dynamic else method)
 
     def with_model(self, path: Path | bytes, *, threads: int | None = None) -> Predictor:
         """A Predictor with this one's bundle and tokenizer running another ONNX model on ONNX Runtime
@@ -183,10 +184,11 @@ class Predictor:
                 raise InputError(
                     f"text {position} has no tokens this model's tokenizer keeps: give it a word"
                 )
+        width = self.bundle.manifest.max_length  # padded to a multiple, never past the longest input
         feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            "input_ids": np.array([e.ids[:width] for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask[:width] for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids[:width] for e in encodings], dtype=np.int64),
         }
         truncated = [bool(e.overflowing) for e in encodings]
         return {k: v for k, v in feeds.items() if k in self.input_names}, truncated
@@ -273,9 +275,11 @@ def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> 
             name,
         )
     if name is None:
+        ir = f"openvino-{precision}" if backend is None and f"openvino-{precision}" in models else None
+        hint = f": its {ir} model runs with backend 'openvino'" if ir else ""
         raise BundleError(
             f"bundle '{bundle.path}' has no {' or '.join(repr(w) for w in wanted)} model "
-            f"(it has: {', '.join(models)})"
+            f"(it has: {', '.join(models)}){hint}"
         )
     suffix = Path(models[name].file).suffix
     backend = backend or ("openvino" if suffix == ".xml" else "cpu")
