@@ -117,13 +117,14 @@ def pretrain(out: Path, as_json: bool, **options: Any) -> None:
     from edgebert.training import pretrain as run_pretrain
 
     summary = run_pretrain(out, PretrainConfig(**options))
+    mlm = summary["mlm_accuracy"]  # None where no held-out token was masked
     report(
         summary,
         as_json,
         lambda: (
-            f"pretrained → {out}: held-out MLM accuracy {summary['mlm_accuracy']:.4f}, NSP accuracy "
-            f"{summary['nsp_accuracy']:.4f}; loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f} "
-            f"over {summary['steps']} steps in {summary['train_seconds']} s"
+            f"pretrained → {out}: held-out MLM accuracy {'n/a' if mlm is None else f'{mlm:.4f}'}, NSP "
+            f"accuracy {summary['nsp_accuracy']:.4f}; loss {summary['first_loss']:.3f} → "
+            f"{summary['last_loss']:.3f} over {summary['steps']} steps in {summary['train_seconds']} s"
         ),
     )
 

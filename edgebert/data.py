@@ -62,10 +62,11 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     if first is None:
         raise DataError(f"'{path}' is empty: it needs one example a line")
     suffix = path.suffix.lower()
+    filled = [line for line in lines if line.strip()]
     if suffix in (".jsonl", ".json"):
         rows = _jsonl(path, lines)
-    elif all(_TREC_LINE.match(line) and "\t" not in line for line in lines if line.strip()):
-        rows = _trec(path, lines)
+    elif sum(bool(_TREC_LINE.match(line)) and "\t" not in line for line in filled) >= 0.9 * len(filled):
+        rows = _trec(path, lines)  # TREC where nine lines in ten are: the tenth is an error naming it
     else:
         rows = _delimited(path, lines, first, "," if suffix == ".csv" else None)
     if not rows:
@@ -76,6 +77,13 @@ def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     blank = next((n for n, t in zip(line_numbers, texts, strict=True) if not _has_text(t)), None)
     if blank is not None:
         raise DataError(f"'{path}' line {blank}: the text is empty")
+    pairs = isinstance(texts[0], tuple)
+    other = next((n for n, t in zip(line_numbers, texts, strict=True) if isinstance(t, tuple) != pairs), None)
+    if other is not None:
+        found, before = (
+            ("a sentence pair", "single texts") if not pairs else ("a single text", "sentence pairs")
+        )
+        raise DataError(f"'{path}' line {other} holds {found} where the rows before it hold {before}")
     if any(label is None for label in labels):
         if labeled:
             line = line_numbers[labels.index(None)]
@@ -114,9 +122,13 @@ def _integer(label: str) -> bool:
     return re.fullmatch(r"-?[0-9]+", label) is not None
 
 
-def label_index(label: str, count: int) -> int | None:
-    """``label`` as an index into ``count`` label names (SST-2's 0/1), or None if it is not one."""
-    return int(label) if _integer(label) and 0 <= int(label) < count else None
+def label_index(label: str, names: tuple[str, ...]) -> int | None:
+    """``label`` as an index into ``names`` (SST-2's 0/1 for negative/positive), or None if it is not
+    one. Names that are integers themselves are only ever matched by name: a 0 among labels 1 and 2
+    is an unknown label, not the first of them."""
+    if all(_integer(name) for name in names) or not _integer(label):
+        return None
+    return int(label) if 0 <= int(label) < len(names) else None
 
 
 def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
@@ -126,7 +138,7 @@ def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
     index = {name: i for i, name in enumerate(names)}
     ids = []
     for label, line in zip(examples.labels, examples.lines, strict=True):
-        by_index = label_index(label, len(names))
+        by_index = label_index(label, names)
         if label in index:
             ids.append(index[label])
         elif by_index is not None:
@@ -134,7 +146,9 @@ def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
         else:
             raise DataError(
                 f"'{examples.path}' line {line}: unknown label '{label}' (the model's labels are "
-                f"{', '.join(names)}; integers 0-{len(names) - 1} also work)"
+                f"{', '.join(names)}"
+                + ("" if all(_integer(n) for n in names) else f"; integers 0-{len(names) - 1} also work")
+                + ")"
             )
     return ids
 

@@ -64,14 +64,19 @@ def predictions_table(predictor: Any, items: list[Any], results: list[Any]) -> T
         table.add_column("label")
         table.add_column("score", justify="right")
         for text, r in zip(items, results, strict=True):
-            table.add_row(str(text), r.label, f"{r.score:.3f}")
+            table.add_row(_shown(text), r.label, f"{r.score:.3f}")
     else:
         table.add_column("embedding")
         for text, r in zip(items, results, strict=True):
             vector = [] if r.embedding is None else [float(x) for x in r.embedding]
             shown = ", ".join(f"{x:.3f}" for x in vector[:4])
-            table.add_row(str(text), f"dim {len(vector)}: [{shown}, …]")
+            table.add_row(_shown(text), f"dim {len(vector)}: [{shown}, …]")
     return table
+
+
+def _shown(text: Any) -> str:
+    """A text as the table shows it: a sentence pair as its two texts around a [SEP]."""
+    return " [SEP] ".join(text) if isinstance(text, tuple) else str(text)
 
 
 def _layer(node: str) -> str:

@@ -256,3 +256,5 @@ def test_pairs_from_stdin_do_not_shift(classify_bundle: Path) -> None:
         main, ["predict", str(classify_bundle), "--pair", "--json"], input=b"q1 good\r\nq2 bad\n"
     )
     assert paired.exit_code == 0 and [r["text"] for r in json.loads(paired.stdout)] == [["q1 good", "q2 bad"]]
+    table = CliRunner().invoke(main, ["predict", str(classify_bundle), "--pair", "q1 good", "q2 bad"])
+    assert table.exit_code == 0 and "q1 good [SEP] q2 bad" in table.stdout

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,22 @@ def test_trec_latin1(tmp_path: Path) -> None:
     assert examples.encoding == "cp1252"
     assert examples.texts[0] == "How did caf\xe9 culture start ?"
     assert examples.labels == ["DESC", "HUM"]
+    # one line in ten that is not TREC's is an error naming it, not another format
+    lines = [f"HUM:ind Who won race {i} ?" for i in range(12)]
+    lines[9] = "DESC How do I fix this ?"
+    with pytest.raises(DataError, match="line 10 is not 'COARSE:fine question'"):
+        read_examples(_write(tmp_path, "bad.label", "\n".join(lines).encode()))
+
+
+def test_pairs_and_single_texts_do_not_mix(tmp_path: Path) -> None:
+    rows = [{"text": f"a {i}", "text_pair": f"b {i}", "label": 1} for i in range(3)] + [
+        {"text": "ok", "label": 0}
+    ]
+    path = _write(tmp_path, "mixed.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    with pytest.raises(
+        DataError, match="line 4 holds a single text where the rows before it hold sentence pairs"
+    ):
+        read_examples(path)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +130,10 @@ def test_labels_by_name_or_index(tmp_path: Path) -> None:
     odd = read_examples(_write(tmp_path, "c.tsv", "sentence\tlabel\nx\t\u00b2\n"))  # isdigit, not int
     with pytest.raises(DataError, match="line 2: unknown label"):
         encode_labels(odd, ("negative", "positive"))
+    # labels that are integers themselves match by name only: a 0 is not the first of labels 1 and 2
+    numbered = read_examples(_write(tmp_path, "d.tsv", "sentence\tlabel\nx\t2\ny\t0\n"))
+    with pytest.raises(DataError, match=r"line 3: unknown label '0' \(the model's labels are 1, 2\)$"):
+        encode_labels(numbered, ("1", "2"))
 
 
 def test_plain_text_is_one_text_a_line(tmp_path: Path) -> None:

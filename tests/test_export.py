@@ -220,7 +220,9 @@ def test_classifier_heads_it_cannot_read_are_refused_before_anything_is_written(
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
-def test_max_length_stops_at_the_model_s_positions(tiny_classifier: Path, tmp_path: Path) -> None:
+def test_max_length_stops_at_the_model_s_positions(
+    tiny_classifier: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import json
 
     bundle = export(tmp_path / "b", ExportConfig(model=str(tiny_classifier), max_length=512))
@@ -232,6 +234,14 @@ def test_max_length_stops_at_the_model_s_positions(tiny_classifier: Path, tmp_pa
     settings = json.loads((short / "tokenizer_config.json").read_text())
     (short / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 32}))
     assert export(tmp_path / "s", ExportConfig(model=str(short))).manifest.max_length == 32
+    # a fine-tuned checkpoint cut at another length than its training's is said to answer otherwise
+    (short / "training_summary.json").write_text(json.dumps({"config": {"max_length": 16}}))
+    caplog.clear()
+    export(tmp_path / "t", ExportConfig(model=str(short)))
+    assert "fine-tuned, and its dev accuracy measured, on texts cut at 16 tokens" in caplog.text
+    caplog.clear()
+    export(tmp_path / "u", ExportConfig(model=str(short), max_length=16))
+    assert "fine-tuned" not in caplog.text
 
 
 def test_pairs_are_validated_and_refused_where_the_model_has_one_token_type(tmp_path: Path) -> None:

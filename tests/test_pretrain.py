@@ -20,6 +20,7 @@ from edgebert.training.pretrain import (
     masking,
     read_corpus,
     sentence_pairs,
+    split_heldout,
 )
 
 
@@ -62,6 +63,20 @@ def test_next_sentence_pairs_are_balanced_and_real(corpus: Path) -> None:
     for a, b, label in pairs:
         assert ((a, b) in follows) == (label == 0)
     assert len(documents) > 50 and all(len(d) <= 6 for d in documents)
+
+
+def test_held_out_lines_are_never_trained_on() -> None:
+    documents = [[f"document {d} line {i} of it" for i in range(1 + d % 6)] for d in range(100)]
+    kept, held = split_heldout(documents, 0.05, random.Random(0))
+    total = sum(len(d) for d in documents)
+    assert len(kept) + len(held) == len(documents)
+    assert round(0.05 * total) <= sum(len(d) for d in held) < 0.1 * total
+    seen = {line for a, b, _ in sentence_pairs(kept, random.Random(0)) for line in (a, b)}
+    assert seen and not seen & {line for d in held for line in d}
+    # one document (a file with no blank lines): its last lines are held out
+    one = [[f"line {i} of the one document" for i in range(40)]]
+    kept, held = split_heldout(one, 0.05, random.Random(0))
+    assert kept == [one[0][:38]] and held == [one[0][38:]]
 
 
 def test_one_line_documents_give_their_halves() -> None:
@@ -138,7 +153,7 @@ def test_pretrain_refuses_bad_requests(corpus: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["pretrain", "--corpus", str(one_word_lines), "-o", str(tmp_path / "z")]
     )
-    assert result.exit_code == 1 and "gives 0 sentence pair(s)" in result.stderr
+    assert result.exit_code == 1 and "gives too few sentence pairs" in result.stderr
     # an --out that is not a checkpoint is refused before any training, not after it
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("the user's")

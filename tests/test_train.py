@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import sentiment_rows, write_tsv
+from edgebert.errors import DataError
 from edgebert.training import TrainConfig, train
 
 
@@ -25,6 +28,13 @@ def test_sentence_pairs_and_max_steps(tiny_classifier: Path, tmp_path: Path) -> 
     assert summary["steps"] == 3
     assert summary["labels"] == ["negative", "positive"]
     assert (tmp_path / "m" / "training_summary.json").is_file()
+    # a dev file of single texts does not measure a pair task: refused before training
+    write_tsv(tmp_path / "single.tsv", rows[:16])
+    config = TrainConfig(
+        data=str(tmp_path / "train.tsv"), eval_data=str(tmp_path / "single.tsv"), max_steps=1
+    )
+    with pytest.raises(DataError, match=r"holds sentence pairs and .* single texts"):
+        train(tmp_path / "n", config)
 
 
 def test_multiclass_label_names_are_kept(tiny_classifier: Path, tmp_path: Path) -> None:
@@ -47,11 +57,15 @@ def test_multiclass_label_names_are_kept(tiny_classifier: Path, tmp_path: Path) 
     assert config["id2label"] == {"0": "anger", "1": "fear", "2": "joy"}
 
 
-def test_a_base_classifier_keeps_its_labels_only_for_its_own_classes() -> None:
+def test_a_base_classifier_keeps_its_labels_only_for_its_own_classes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from edgebert.training.finetune import head_labels
 
     base = ("negative", "positive")
     assert head_labels(base, ("0", "1")) == base  # SST-2's integer labels index the base's classes
+    assert "labels 0, 1 are read as the base model's classes negative, positive" in caplog.text
+    assert head_labels(("1", "2"), ("0", "1")) == ("0", "1")  # integer classes match by name only
     assert head_labels(base, ("positive", "negative")) == base  # in the head's order, not sorted
     assert head_labels(base, ("favorable", "unfavorable")) == ("favorable", "unfavorable")  # a new head
     assert head_labels((), ("0", "1")) == ("0", "1")

@@ -113,6 +113,15 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
     module, hf_tokenizer = _load_torch(checkpoint, task)
     declared = hf_tokenizer.model_max_length  # huge (1e30) where the checkpoint states none
     length = _capped(length, declared, "the checkpoint's tokenizer stops at {} tokens (model_max_length)")
+    if (trained := checkpoint.trained_max_length) and trained != length:
+        log.warning(
+            "'%s' was fine-tuned, and its dev accuracy measured, on texts cut at %d tokens; this bundle "
+            "cuts them at %d, so on longer texts it answers otherwise (--max-length %d matches training)",
+            checkpoint.name,
+            trained,
+            length,
+            trained,
+        )
     config = dataclasses.replace(config, max_length=length)
     with staging(Path(out), replace=config.force) as stage:
         _save_tokenizer(hf_tokenizer, stage / TOKENIZER_FILE, length)

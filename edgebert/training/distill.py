@@ -6,6 +6,7 @@ tokenizer may differ from the teacher's: each tokenizes the same text."""
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from edgebert.errors import ModelError
 from edgebert.models import resolve
 from edgebert.training.finetune import encode_examples, head_labels, load_classifier, prepare, save
 from edgebert.training.loop import Schedule, fit
+
+log = logging.getLogger("edgebert")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +49,8 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_checkpoint.path).eval()
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_checkpoint.path)
     student, tokenizer, origin = _student(teacher, teacher_tokenizer, config, names)
-    soft = _logits(teacher, teacher_tokenizer, train_examples.texts, config.max_length)
+    log.info("computing the teacher's logits for the %d training texts", len(train_examples))
+    soft = _logits(teacher, teacher_tokenizer, train_examples.texts, config.max_length, desc="teacher logits")
     train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
     for row, logits in zip(train_set, soft.tolist(), strict=True):
         row["teacher_logits"] = logits
@@ -164,14 +168,24 @@ def _student(
     return student, teacher_tokenizer, {"from": "teacher layers", "layers": kept}
 
 
-def _logits(model: Any, tokenizer: Any, texts: list[Any], max_length: int, batch_size: int = 64) -> Any:
-    """The model's logits for ``texts`` (sentences or pairs), in order; batched by length."""
+def _logits(
+    model: Any,
+    tokenizer: Any,
+    texts: list[Any],
+    max_length: int,
+    batch_size: int = 64,
+    desc: str | None = None,
+) -> Any:
+    """The model's logits for ``texts`` (sentences or pairs), in order; batched by length; with a
+    progress bar where ``desc`` names the work."""
     import torch
+    from tqdm.auto import tqdm
 
     order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
     outputs = torch.empty(0)
+    starts = range(0, len(order), batch_size)
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None if desc else True):
             batch = [texts[i] for i in order[start : start + batch_size]]
             columns = [list(c) for c in zip(*batch, strict=True)] if isinstance(batch[0], tuple) else [batch]
             inputs = tokenizer(

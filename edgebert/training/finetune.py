@@ -47,8 +47,17 @@ def head_labels(base: tuple[str, ...], data: tuple[str, ...]) -> tuple[str, ...]
     """The labels a model fine-tuned from a classifier over ``base`` classifies into: ``base``, in
     its order, where the data's labels are among them or are their integer indices (SST-2's 0/1);
     else the data's own."""
-    by_index = all(label_index(n, len(base)) is not None for n in data)
-    return base if base and (set(data) <= set(base) or by_index) else data
+    if base and set(data) <= set(base):
+        return base
+    if base and all(label_index(n, base) is not None for n in data):
+        log.warning(
+            "the data's labels %s are read as the base model's classes %s, by position; if they mean "
+            "other classes, give them their names in the data files",
+            ", ".join(sorted(data, key=int)),
+            ", ".join(base[int(n)] for n in sorted(data, key=int)),
+        )
+        return base
+    return data
 
 
 def load_classifier(checkpoint: Checkpoint, names: tuple[str, ...]) -> tuple[Any, Any]:
@@ -85,6 +94,12 @@ def prepare(out: str | Path, config: Schedule) -> tuple[Examples, Examples, tupl
     check_replaceable(Path(out), replace=config.force, marker="config.json")
     check_resume(out, config)
     train_examples, dev_examples = read_examples(config.data), read_examples(config.eval_data)
+    if train_examples.is_pairs != dev_examples.is_pairs:
+        kinds = {True: "sentence pairs", False: "single texts"}
+        raise DataError(
+            f"'{config.data}' holds {kinds[train_examples.is_pairs]} and '{config.eval_data}' "
+            f"{kinds[dev_examples.is_pairs]}: evaluate on data of the task trained"
+        )
     names = label_names(train_examples.labels or [])
     if len(names) < 2:
         raise DataError(f"'{config.data}' has {len(names)} distinct label(s): a classifier needs at least 2")

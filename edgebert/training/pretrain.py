@@ -63,6 +63,26 @@ def read_corpus(path: str | Path) -> list[list[str]]:
     return documents
 
 
+def split_heldout(
+    documents: list[list[str]], share: float, rng: random.Random
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The documents to train on and those held out (about ``share`` of the lines, at least one),
+    no line in both: whole documents where there are several, else the last lines of the one. (Pairs
+    cut from one set of documents would share lines: each line is the second sentence of one pair and
+    the first of the next.)"""
+    total = sum(len(d) for d in documents)
+    wanted = max(1, round(total * share))
+    if len(documents) == 1:
+        (lines,) = documents
+        return [lines[:-wanted]], [lines[-wanted:]]
+    order = list(range(len(documents)))
+    rng.shuffle(order)
+    held: list[int] = []
+    while sum(len(documents[i]) for i in held) < wanted and len(held) < len(documents) - 1:
+        held.append(order[len(held)])
+    return [d for i, d in enumerate(documents) if i not in held], [documents[i] for i in held]
+
+
 def sentence_pairs(documents: list[list[str]], rng: random.Random) -> list[tuple[str, str, int]]:
     """(A, B, label) for every consecutive pair of lines, and for a document of one line its two
     halves (cut at a random word): label 0 when B really follows A (half of the pairs), 1 when B is a
@@ -143,17 +163,16 @@ def pretrain(out: str | Path, config: PretrainConfig) -> dict[str, Any]:
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     transformers.logging.set_verbosity_error()
-    documents = read_corpus(config.corpus)
-    tokenizer = build_tokenizer(config, documents)
-    pairs = sentence_pairs(documents, rng)
-    if len(pairs) < 2:
+    kept, held = split_heldout(read_corpus(config.corpus), config.heldout, rng)
+    tokenizer = build_tokenizer(config, kept)
+    training, heldout = sentence_pairs(kept, rng), sentence_pairs(held, rng)[:2048]
+    if not training or not heldout:
         raise DataError(
-            f"'{config.corpus}' gives {len(pairs)} sentence pair(s), and pretraining needs two (one "
-            "held out): a pair is two consecutive lines of a document, or a line of two words or more"
+            f"'{config.corpus}' gives too few sentence pairs: pretraining needs one to train on and one "
+            "held out, from other lines; a pair is two consecutive lines of a document, or a line of two "
+            "words or more"
         )
-    rng.shuffle(pairs)
-    n_heldout = min(max(1, int(len(pairs) * config.heldout)), 2048, len(pairs) - 1)
-    heldout, training = pairs[:n_heldout], pairs[n_heldout:]
+    rng.shuffle(training)
     model = BertForPreTraining(
         BertConfig(
             vocab_size=len(tokenizer),
@@ -262,7 +281,7 @@ def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str, int]], max_length: 
 
 def evaluate(
     model: Any, tokenizer: Any, pairs: list[tuple[str, str, int]], config: PretrainConfig, *, device: Any
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """MLM accuracy on the masked tokens and NSP accuracy, on held-out pairs with seeded masking."""
     import torch
 
@@ -278,4 +297,5 @@ def evaluate(
             masked += len(chosen)
             mlm_right += int((mlm_logits.argmax(-1) == chosen).sum())
             nsp_right += int((nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
-    return {"mlm_accuracy": mlm_right / max(masked, 1), "nsp_accuracy": nsp_right / len(pairs)}
+    # None where masking chose no held-out token (a tiny corpus): nothing was measured
+    return {"mlm_accuracy": mlm_right / masked if masked else None, "nsp_accuracy": nsp_right / len(pairs)}
