@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
+import itertools
 import json
 import logging
+import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,38 +58,67 @@ class Examples:
 def read_examples(path: str | Path, *, labeled: bool = True) -> Examples:
     """Read ``path``; with ``labeled`` every row must carry a label."""
     path = Path(path)
+    lines, encoding = _lines(path)
+    return _examples(path, list(_rows(path, lines, labeled)), labeled, encoding)
+
+
+def sample_examples(path: str | Path, count: int, seed: int) -> Examples:
+    """``count`` rows of ``path`` drawn with ``seed`` (the rows ``random.Random(seed).sample`` draws
+    from all of them), or all of them, in order, where it has no more; labels not needed. Only the
+    drawn rows are kept: the file is parsed twice, once to count its rows, so memory holds its lines
+    but not all its rows (a training file may be large)."""
+    path = Path(path)
+    lines, encoding = _lines(path)
+    total = sum(1 for _ in _rows(path, lines, labeled=False))
+    chosen = random.Random(seed).sample(range(total), count) if total > count else range(total)
+    wanted = set(chosen)
+    drawn = {i: row for i, row in enumerate(_rows(path, lines, labeled=False)) if i in wanted}
+    return _examples(path, [drawn[i] for i in chosen], False, encoding)
+
+
+def _lines(path: Path) -> tuple[list[str], str]:
     text, encoding = _read(path, "data file")
-    lines = split_lines(text)
+    return split_lines(text), encoding
+
+
+def _rows(path: Path, lines: list[str], labeled: bool) -> Iterator[Row]:
+    """``path``'s rows in file order, each checked: a text, of the kind of the first (a sentence pair
+    or not), and with ``labeled`` a label."""
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
         raise DataError(f"'{path}' is empty: it needs one example a line")
+    filled = sum(1 for line in lines if line.strip())
+    trec = sum(1 for line in lines if _TREC_LINE.match(line) and "\t" not in line)
     suffix = path.suffix.lower()
-    filled = [line for line in lines if line.strip()]
     if suffix in (".jsonl", ".json"):
         rows = _jsonl(path, lines)
-    elif sum(bool(_TREC_LINE.match(line)) and "\t" not in line for line in filled) >= 0.9 * len(filled):
-        rows = _trec(path, lines)  # TREC where nine lines in ten are: the tenth is an error naming it
+    elif trec >= 0.9 * filled:  # TREC where nine lines in ten are: the tenth is an error naming it
+        rows = _trec(path, lines)
     else:
         rows = _delimited(path, lines, first, "," if suffix == ".csv" else None)
-    if not rows:
+    pairs = None
+    for number, text, label in rows:
+        if not _has_text(text):
+            raise DataError(f"'{path}' line {number}: the text is empty")
+        if pairs is None:
+            pairs = isinstance(text, tuple)
+        elif isinstance(text, tuple) != pairs:
+            found, before = (
+                ("a single text", "sentence pairs") if pairs else ("a sentence pair", "single texts")
+            )
+            raise DataError(f"'{path}' line {number} holds {found} where the rows before it hold {before}")
+        if labeled and label is None:
+            raise DataError(f"'{path}' line {number} has no label: every row needs one here")
+        yield number, text, label
+    if pairs is None:
         raise DataError(f"'{path}' has a header but no rows")
+
+
+def _examples(path: Path, rows: list[Row], labeled: bool, encoding: str) -> Examples:
     texts = [row[1] for row in rows]
     labels = [row[2] for row in rows]
     line_numbers = [row[0] for row in rows]
-    blank = next((n for n, t in zip(line_numbers, texts, strict=True) if not _has_text(t)), None)
-    if blank is not None:
-        raise DataError(f"'{path}' line {blank}: the text is empty")
-    pairs = isinstance(texts[0], tuple)
-    other = next((n for n, t in zip(line_numbers, texts, strict=True) if isinstance(t, tuple) != pairs), None)
-    if other is not None:
-        found, before = (
-            ("a sentence pair", "single texts") if not pairs else ("a single text", "sentence pairs")
-        )
-        raise DataError(f"'{path}' line {other} holds {found} where the rows before it hold {before}")
     if any(label is None for label in labels):
-        if labeled:
-            line = line_numbers[labels.index(None)]
-            raise DataError(f"'{path}' line {line} has no label: every row needs one here")
         return Examples(texts, None, line_numbers, path, encoding)
     distinct = len(set(labels))
     if labeled and distinct > 50 and distinct > len(labels) / 2:
@@ -206,8 +237,7 @@ def _not_utf8(raw: bytes, source: str, line: int) -> tuple[str, str]:
 Row = tuple[int, Text, str | None]
 
 
-def _jsonl(path: Path, lines: list[str]) -> list[Row]:
-    rows: list[Row] = []
+def _jsonl(path: Path, lines: list[str]) -> Iterator[Row]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -217,24 +247,20 @@ def _jsonl(path: Path, lines: list[str]) -> list[Row]:
             raise DataError(f"'{path}' line {number} is not JSON ({exc.args[0]})") from exc
         if not isinstance(record, dict):
             raise DataError(f"'{path}' line {number} is not a JSON object")
-        fields = {k.lower(): v for k, v in record.items()}
-        rows.append(_row(path, number, fields))
-    return rows
+        yield _row(path, number, {k.lower(): v for k, v in record.items()})
 
 
-def _trec(path: Path, lines: list[str]) -> list[Row]:
-    rows: list[Row] = []
+def _trec(path: Path, lines: list[str]) -> Iterator[Row]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         match = _TREC_LINE.match(line.strip())
         if match is None:
             raise DataError(f"'{path}' line {number} is not 'COARSE:fine question' like the lines before it")
-        rows.append((number, match.group(2), match.group(1)))
-    return rows
+        yield number, match.group(2), match.group(1)
 
 
-def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) -> list[Row]:
+def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) -> Iterator[Row]:
     head = lines[first]
     if delimiter is None:  # a tab in the first line; a CSV header; a ';' ending every line; else one column
         if "\t" in head:
@@ -245,51 +271,56 @@ def _delimited(path: Path, lines: list[str], first: int, delimiter: str | None) 
             delimiter = ";"
         else:
             delimiter = "\t"
-    if delimiter == ";":
-        split, numbers = [line.rsplit(";", 1) for line in lines], list(range(1, len(lines) + 1))
-    else:
-        # TSV quotes nothing (MRPC's texts hold bare double quotes); CSV uses ordinary quoting
-        reader = (
-            csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=csv.QUOTE_NONE)
-            if delimiter == "\t"
-            else csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
-        )
-        split, numbers = [], []  # each record, and the file line it starts on
-        try:
-            for fields in reader:  # a quoted CSV field may span lines
-                numbers.append(reader.line_num - sum(f.count("\n") for f in fields))
-                split.append(fields)
-        except csv.Error as exc:  # a carriage return alone inside a line, a NUL byte
-            why = "a carriage return (\\r) inside it" if "new-line" in str(exc) else str(exc)
-            raise DataError(f"'{path}' line {max(1, reader.line_num)} cannot be read: {why}") from exc
-    header = [h.strip().lower() for h in split[first]]
+    filled = ((n, f) for n, f in _records(path, lines, delimiter) if any(x.strip() for x in f))
+    start, fields = next(filled)
+    header = [h.strip().lower() for h in fields]
     has_header = any(h in _COLUMNS for h in header)
     if not has_header:
         # No header: one column is text; two are text then label (SST-2 without its header), or
         # label then text where only the first column holds labels (the Yelp reviews CSV)
         header = ["text"] if len(header) == 1 else ["text", "label"] if len(header) == 2 else []
-        two = [f for f in split[first:] if len(f) == 2]
-        if (
-            len(header) == 2
-            and all(_label_like(a) for a, _ in two)
-            and not all(_label_like(b) for _, b in two)
-        ):
+        if len(header) == 2 and _label_first(_records(path, lines, delimiter)):
             header = ["label", "text"]
         if not header:
             raise DataError(
-                f"'{path}' has {len(split[first])} columns and no header: "
+                f"'{path}' has {len(fields)} columns and no header: "
                 "add a header naming the text and label columns (e.g. 'sentence<TAB>label')"
             )
-    rows: list[Row] = []
-    for number, fields in list(zip(numbers, split, strict=True))[first + has_header :]:
-        if not any(f.strip() for f in fields):
-            continue
+    rows = filled if has_header else itertools.chain([(start, fields)], filled)
+    for number, fields in rows:
         if len(fields) != len(header):
             raise DataError(
                 f"'{path}' line {number} has {len(fields)} columns where the header has {len(header)}"
             )
-        rows.append(_row(path, number, dict(zip(header, fields, strict=True))))
-    return rows
+        yield _row(path, number, dict(zip(header, fields, strict=True)))
+
+
+def _records(path: Path, lines: list[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Each record's fields and the file line it starts on."""
+    if delimiter == ";":
+        yield from ((n, line.rsplit(";", 1)) for n, line in enumerate(lines, 1))
+        return
+    ended = (line + "\n" for line in lines)  # the reader sees line ends: a quoted CSV field may span lines
+    # TSV quotes nothing (MRPC's texts hold bare double quotes); CSV uses ordinary quoting
+    if delimiter == "\t":
+        reader = csv.reader(ended, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(ended, delimiter=delimiter)
+    try:
+        for fields in reader:
+            yield reader.line_num - sum(f.count("\n") for f in fields), fields
+    except csv.Error as exc:  # a carriage return alone inside a line, a NUL byte
+        why = "a carriage return (\\r) inside it" if "new-line" in str(exc) else str(exc)
+        raise DataError(f"'{path}' line {max(1, reader.line_num)} cannot be read: {why}") from exc
+
+
+def _label_first(records: Iterator[tuple[int, list[str]]]) -> bool:
+    """Whether two-column records hold their label first: only their first column holds labels."""
+    firsts = seconds = True
+    for _, fields in records:
+        if len(fields) == 2:
+            firsts, seconds = firsts and _label_like(fields[0]), seconds and _label_like(fields[1])
+    return firsts and not seconds
 
 
 def _label_like(field: str) -> bool:

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 import shutil
 import tempfile
 import time
@@ -42,7 +41,7 @@ from edgebert.calibration import (
 from edgebert.calibration.attention import fuse_attention, up_to_tokens
 from edgebert.calibration.search import distill_ranges
 from edgebert.calibration.smoothing import FFN_OUTPUT
-from edgebert.data import encode_labels, read_examples
+from edgebert.data import encode_labels, read_examples, sample_examples
 from edgebert.errors import DataError, EdgebertError, ValidationError, require
 from edgebert.fidelity import close_outputs, divergence, fidelity
 from edgebert.runtime import Predictor
@@ -272,9 +271,7 @@ def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
                 len(SENTENCES),
             )
         return list(SENTENCES), f"{len(SENTENCES)} built-in sentences"
-    texts = read_examples(config.calibration_data, labeled=False).texts
-    if len(texts) > config.calibration_samples:
-        texts = random.Random(config.seed).sample(texts, config.calibration_samples)
+    texts = sample_examples(config.calibration_data, config.calibration_samples, config.seed).texts
     return texts, f"{len(texts)} texts of {config.calibration_data} (seed {config.seed})"
 
 

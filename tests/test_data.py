@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_shared
-from edgebert.data import encode_labels, label_names, read_examples
+from edgebert.data import encode_labels, label_names, read_examples, sample_examples
 from edgebert.errors import DataError
 
 
@@ -76,6 +76,23 @@ def test_trec_latin1(tmp_path: Path) -> None:
     lines[9] = "DESC How do I fix this ?"
     with pytest.raises(DataError, match="line 10 is not 'COARSE:fine question'"):
         read_examples(_write(tmp_path, "bad.label", "\n".join(lines).encode()))
+
+
+def test_a_sample_is_the_rows_random_sample_draws(tmp_path: Path) -> None:
+    import random
+
+    rows = [
+        f'"line {i}\nwith a quoted line break",{i % 2}' if i % 7 == 0 else f"line {i},{i % 2}"
+        for i in range(300)
+    ]
+    path = _write(tmp_path, "big.csv", ("text,label\n\n" + "\n".join(rows) + "\n\n").encode())
+    everything = read_examples(path, labeled=False)
+    for count, seed in ((5, 0), (64, 3), (299, 1)):
+        drawn = sample_examples(path, count, seed)
+        assert drawn.texts == random.Random(seed).sample(everything.texts, count)
+        assert drawn.lines == [everything.lines[everything.texts.index(t)] for t in drawn.texts]
+    assert sample_examples(path, 300, 0).texts == everything.texts  # all of them, in order
+    assert "line 7\nwith a quoted line break" in everything.texts
 
 
 def test_pairs_and_single_texts_do_not_mix(tmp_path: Path) -> None:
