@@ -70,16 +70,19 @@ class Checkpoint:
     def trained_max_length(self) -> int | None:
         """Where its fine-tuning cut texts, if its ``training_summary.json`` (edgebert's ``train``
         writes one) says."""
-        path = self.path / "training_summary.json"
-        summary = _json(path, dict) if path.is_file() else {}
+        summary = self._json_file("training_summary.json")
         config = summary.get("config")
         length = summary.get("max_length") or (config.get("max_length") if isinstance(config, dict) else None)
         return length if isinstance(length, int) and not isinstance(length, bool) else None
 
     @property
     def _sentence_bert(self) -> dict[str, Any]:
-        config = self.path / "sentence_bert_config.json"
-        return _json(config, dict) if config.is_file() else {}
+        return self._json_file("sentence_bert_config.json")
+
+    def _json_file(self, name: str) -> dict[str, Any]:
+        """The JSON object in the checkpoint's file ``name``; empty where there is none."""
+        path = self.path / name
+        return _json(path, dict) if path.is_file() else {}
 
     def describe(self) -> dict[str, Any]:
         keys = (

@@ -35,7 +35,6 @@ from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
 
 FILES = {"openvino-fp32": "model.openvino.xml", "openvino-int8": "model.openvino-int8.xml"}
-# dynamic (the CLI default) means NNCF's own ranges; distill converts edgebert's static INT8 model
 log = logging.getLogger("edgebert")
 
 
@@ -90,7 +89,8 @@ def openvino_into(stage: Path, manifest: Manifest, config: Any, *, int8: bool) -
         made_by = {"tool": f"nncf.quantize {nncf.__version__}", "model_type": "TRANSFORMER"}
     made_by = {
         **made_by,
-        "method": "distill" if config.method == "distill" else "nncf",  # static ranges, NNCF's own
+        # the CLI's default method, dynamic, means NNCF's own (static) ranges here
+        "method": "distill" if config.method == "distill" else "nncf",
         "calibrated_on": measured_on,
         "seconds": round(time.perf_counter() - started, 1),
     }
