@@ -10,6 +10,7 @@ and, if the writer died between the two renames of a swap, puts the old director
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -25,7 +26,15 @@ from typing import Any
 
 from edgebert.errors import EdgebertError
 
+try:
+    import fcntl
+except ImportError:  # Windows: writers are not serialized there
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("edgebert")
+# the part of a target's name that its staging directory's name repeats: the whole name, where it fits
+# beside the 22 characters staging adds within the 255 bytes a file name may have
+_STAGE_NAME_BYTES = 200
 
 # Run by the guard process: wait for EOF on stdin, then restore or clean up.
 _GUARD = """
@@ -46,18 +55,30 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Write text atomically: a temp file beside ``path``, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.chmod(tmp, file_mode())  # mkstemp's 0600 would keep other users out of a bundle
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Report a failure of the operating system (disk full, read-only, permission) while writing
+    ``path`` as one line."""
     try:
-        os.chmod(tmp, file_mode())  # mkstemp's 0600 would keep other users out of a bundle
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as exc:
+        where = f" ('{exc.filename}')" if exc.filename and Path(exc.filename) != Path(path) else ""
+        raise EdgebertError(f"could not write '{path}': {exc.strerror or exc}{where}") from exc
 
 
 @contextlib.contextmanager
@@ -72,40 +93,133 @@ def staging(
     of ours) or is empty.
     """
     target = Path(target).absolute()
-    check_replaceable(target, replace=replace or start_from is not None, marker=marker)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = target.parent / f".{target.name}.{secrets.token_hex(6)}.partial"
-    old = stage.with_suffix(".old")
-    # the guard starts before the staging directory exists, so no moment is left unwatched
-    guard = subprocess.Popen(
-        [sys.executable, "-c", _GUARD, str(stage), str(target), str(old)],
-        stdin=subprocess.PIPE,
-        start_new_session=True,  # a Ctrl-C to the writer's process group must not stop the guard
-    )
-    try:
+    recover(target)
+    with writing(target), locked(target):
+        check_replaceable(target, replace=replace or start_from is not None, marker=marker)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = target.parent / f"{_stage_prefix(target)}{secrets.token_hex(6)}.partial"
+        old = stage.with_suffix(".old")
+        # the guard starts before the staging directory exists, so no moment is left unwatched
+        guard = subprocess.Popen(
+            [sys.executable, "-c", _GUARD, str(stage), str(target), str(old)],
+            stdin=subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C to the writer's process group must not stop the guard
+        )
+        try:
+            with _made_and_held(stage):  # held: ``recover`` sees that it is not left over
+                if start_from is not None:
+                    for item in start_from.iterdir():
+                        copy = shutil.copytree if item.is_dir() else shutil.copy2
+                        copy(item, stage / item.name)
+                yield stage
+                _settle(stage)
+                _swap(stage, target, old)
+        finally:
+            assert guard.stdin is not None
+            guard.stdin.close()  # the guard removes the staging directory and any old copy
+            guard.wait(timeout=60)
+
+
+def _swap(stage: Path, target: Path, old: Path) -> None:
+    """Put ``stage`` in ``target``'s place (the old ``target`` moved to ``old`` in between)."""
+    cwd = _cwd_within(target)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(stage, target)
+    _fsync_dir(target.parent)
+    if cwd is not None:  # this process's current directory keeps its path: now in the new copy
+        os.chdir(cwd if cwd.is_dir() else target)
+        log.warning(
+            "'%s' was replaced by its new copy: a shell whose current directory is inside it still "
+            'sees the old one, removed, until it runs cd "$PWD"',
+            target,
+        )
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold ``directory`` (a bundle, a checkpoint) against other edgebert processes writing it: the
+    second waits for the first (an flock on the directory itself, so nothing is left beside it).
+    Nothing to hold where it does not exist yet."""
+    with contextlib.ExitStack() as stack:
+        while fcntl is not None:
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:  # not there yet (or not ours to read): nothing to hold
+                break
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another edgebert process to finish writing '%s'", directory)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(directory).st_ino == os.fstat(fd).st_ino:
+                    break  # still the directory at that path, not one the other writer replaced
+            stack.close()
+        yield
+
+
+@contextlib.contextmanager
+def _made_and_held(stage: Path) -> Iterator[None]:
+    """Make directory ``stage`` and hold an flock on it for as long as this process runs the block
+    (or lives); its parent is held while it is made, as ``recover`` holds it while it looks."""
+    with locked(stage.parent):
         stage.mkdir()
-        if start_from is not None:
-            for item in start_from.iterdir():
-                copy = shutil.copytree if item.is_dir() else shutil.copy2
-                copy(item, stage / item.name)
-        yield stage
-        _settle(stage)
-        cwd = _cwd_within(target)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(stage, target)
-        _fsync_dir(target.parent)
-        if cwd is not None:  # this process's current directory keeps its path: now in the new copy
-            os.chdir(cwd if cwd.is_dir() else target)
-            log.warning(
-                "'%s' was replaced by its new copy: a shell whose current directory is inside it still "
-                'sees the old one, removed, until it runs cd "$PWD"',
-                target,
-            )
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
     finally:
-        assert guard.stdin is not None
-        guard.stdin.close()  # the guard removes the staging directory and any old copy
-        guard.wait(timeout=60)
+        os.close(fd)
+
+
+def recover(target: Path) -> None:
+    """Clean up after writers of ``target`` that were killed together with their guard: put back an
+    old copy that a swap had moved aside when ``target`` is gone, and remove staging directories no
+    live process holds."""
+    target = Path(target).absolute()
+    prefix = _stage_prefix(target)
+    with locked(target.parent):
+        try:
+            leftovers = sorted(
+                p
+                for p in target.parent.iterdir()
+                if p.name.startswith(prefix) and p.suffix in (".partial", ".old")
+            )
+        except OSError:  # no parent yet, or not readable: nothing of ours there
+            return
+        for path in leftovers:
+            _recover_one(path, target)
+
+
+def _recover_one(path: Path, target: Path) -> None:
+    """Restore or remove ``path``, a staging directory or old copy of ``target``, unless a live
+    writer holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer's
+        if path.suffix == ".old" and not target.exists():
+            os.replace(path, target)
+            log.warning("'%s' restored from the copy an interrupted write had moved aside", target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed '%s', left by an interrupted write", path)
+    except OSError:  # a live writer's, read-only, or another process recovered it first
+        pass
+    finally:
+        os.close(fd)
+
+
+def _stage_prefix(target: Path) -> str:
+    return f".{os.fsdecode(os.fsencode(target.name)[:_STAGE_NAME_BYTES])}."
 
 
 def check_replaceable(target: Path, *, replace: bool, marker: str) -> None:
@@ -113,12 +227,26 @@ def check_replaceable(target: Path, *, replace: bool, marker: str) -> None:
     or that holds files but not ``marker`` (it is not one of ours). Commands that work for long
     before they save call it first, so that no work is lost to the refusal."""
     target = Path(target).absolute()
+    check_writable(target)
     if not target.exists():
         return
     if not replace:
         raise EdgebertError(f"'{target}' already exists: choose another --out or pass --force to replace it")
     if not (target / marker).is_file() and any(target.iterdir()):
         raise EdgebertError(f"'{target}' exists and holds no {marker}: refusing to replace it")
+
+
+def check_writable(target: Path, advice: str = "") -> None:
+    """Refuse a path this process could not create or replace: a name too long for the file
+    system, or a directory above it that it may not write in (``advice`` ends the message)."""
+    target = Path(target).absolute()
+    too_long = next((p.name for p in (target, *target.parents) if len(os.fsencode(p.name)) > 255), None)
+    if too_long is not None:
+        raise EdgebertError(f"'{too_long[:40]}...' is longer than a file name may be (255 bytes)")
+    existing = next(p for p in target.parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        error = errno.ENOTDIR if not existing.is_dir() else errno.EACCES
+        raise EdgebertError(f"cannot write '{target}': {os.strerror(error)} ('{existing}'){advice}")
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebert import __version__
-from edgebert.atomic import write_json
+from edgebert.atomic import recover, write_json
 from edgebert.errors import BundleError
 
 FORMAT_VERSION = 2
@@ -83,7 +83,10 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
         data["artifacts"] = {name: Artifact(**art) for name, art in data["artifacts"].items()}
-        data["labels"] = tuple(data["labels"]) if data.get("labels") is not None else None
+        labels = data.get("labels")
+        if labels is not None and not isinstance(labels, list):
+            raise TypeError(f"labels must be a list, not {type(labels).__name__}")
+        data["labels"] = tuple(labels) if labels is not None else None
         data["inputs"] = tuple(data["inputs"])
         return cls(**data)
 
@@ -126,6 +129,8 @@ class Bundle:
     def load(cls, path: str | Path) -> Bundle:
         path = Path(path)
         if not (path / MANIFEST).is_file():
+            recover(path)  # a write killed together with its guard may have moved it aside
+        if not (path / MANIFEST).is_file():
             if (path / "config.json").is_file():  # a checkpoint: the model a bundle is made from
                 raise BundleError(
                     f"'{path}' is a model checkpoint, not a bundle: export it first with "
@@ -160,7 +165,7 @@ def read_manifest(path: Path) -> Manifest:
     if version > FORMAT_VERSION:
         raise BundleError(
             f"bundle '{path}' has format version {version}, newer than this edgebert reads "
-            f"({FORMAT_VERSION}): upgrade edgebert (pip install -U edgebert)"
+            f"({FORMAT_VERSION}): upgrade edgebert"
         )
     try:
         manifest = Manifest.from_dict(migrate(data))
@@ -196,6 +201,16 @@ def _malformed(manifest: Manifest) -> str | None:
             return f"artifact {name!r} does not say up to how many tokens it runs (up_to_tokens)"
     if "tokenizer" not in manifest.artifacts:
         return "it lists no tokenizer"
+    if "fp32" not in manifest.artifacts:
+        return "it lists no fp32 model"
+    for name in manifest.artifacts:  # each artifact's line of parents ends, at a model edgebert made
+        seen = [name]
+        while (parent := manifest.artifacts[seen[-1]].parent) is not None:
+            if parent not in manifest.artifacts or parent in seen:
+                return f"artifact {name!r} descends from {parent!r}, " + (
+                    "which it does not list" if parent not in manifest.artifacts else "in a circle"
+                )
+            seen.append(parent)
     return None
 
 

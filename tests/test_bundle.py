@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgebert.atomic import file_mode, staging, write_json
+from edgebert.atomic import file_mode, locked, staging, write_json
 from edgebert.bundle import FORMAT_VERSION, MANIFEST, Bundle, Manifest, read_manifest, write_manifest
 from edgebert.errors import BundleError, EdgebertError
 
@@ -192,6 +192,10 @@ def test_nothing_is_unpickled() -> None:
         (lambda m: m["artifacts"]["fp32"].update(file=123), "wrong type"),
         (lambda m: m["artifacts"].pop("tokenizer"), "no tokenizer"),
         (lambda m: m["artifacts"]["int8-fused"]["made_by"].pop("up_to_tokens"), "up_to_tokens"),
+        (lambda m: m.update(labels="negative,positive"), "labels must be a list"),
+        (lambda m: m["artifacts"].pop("fp32"), "no fp32 model"),
+        (lambda m: m["artifacts"]["fp32"].update(parent="int8"), "'fp32' descends from 'fp32', in a circle"),
+        (lambda m: m["artifacts"]["int8"].update(parent="fp16"), "which it does not list"),
     ],
 )
 def test_hand_edited_manifests_are_refused(
@@ -223,3 +227,66 @@ def test_a_manifest_loading_would_refuse_is_never_written(classify_bundle: Path,
     with pytest.raises(BundleError, match="a classifier needs two labels or more"):
         write_manifest(tmp_path, dataclasses.replace(manifest, labels=("only",)))
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_an_unreadable_tokenizer_is_one_clear_error(classify_bundle: Path, tmp_path: Path) -> None:
+    from edgebert.runtime import Predictor
+
+    copy = _copy(classify_bundle, tmp_path)
+    (copy / "tokenizer.json").write_text('{"version": "1.0", "model": 7}')
+    _reseal(copy)
+    with pytest.raises(BundleError, match="not a tokenizer the tokenizers library reads"):
+        Predictor(copy)
+
+
+def test_what_a_killed_writer_and_its_guard_left_is_recovered(classify_bundle: Path, tmp_path: Path) -> None:
+    """Writer and guard killed together between a swap's two renames: the old copy moved aside, a
+    staging directory left. The next load (or write) puts the old copy back and removes the rest."""
+    shutil.copytree(classify_bundle, tmp_path / ".bundle.0123456789ab.old")
+    (tmp_path / ".bundle.0123456789ab.partial").mkdir()
+    assert Bundle.load(tmp_path / "bundle").manifest.task == "classify"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    (tmp_path / ".bundle.ba9876543210.partial").mkdir()
+    with staging(tmp_path / "bundle", replace=True) as stage:
+        assert {p.name for p in tmp_path.iterdir()} == {"bundle", stage.name}
+
+
+def test_a_live_writers_staging_directory_is_left_alone(tmp_path: Path) -> None:
+    with staging(tmp_path / "out") as first:
+        (first / "a").write_text("a")
+        with staging(tmp_path / "out", replace=True) as second:  # its clean-up must not take first's
+            (second / "b").write_text("b")
+        assert (first / "a").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
+
+
+def test_names_up_to_the_longest_a_file_system_takes(tmp_path: Path) -> None:
+    longest = tmp_path / ("b" * 255)
+    with staging(longest) as stage:  # its staging directory's name is cut to fit
+        (stage / "x").write_text("x")
+    assert (longest / "x").is_file()
+    with (
+        pytest.raises(EdgebertError, match="longer than a file name may be"),
+        staging(tmp_path / ("b" * 256)),
+    ):
+        pass
+
+
+def test_writers_of_one_bundle_take_turns(classify_bundle: Path, tmp_path: Path) -> None:
+    """A quantize started while another process writes the bundle waits for it, then works on what
+    that one wrote, rather than both copying the old bundle and the last swap losing the other's work."""
+    import subprocess
+    import sys
+    import time
+
+    copy = _copy(classify_bundle, tmp_path)
+    command = [sys.executable, "-m", "edgebert", "quantize", str(copy)]
+    with locked(copy):  # as bench holds it while it saves its report
+        waiting = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert waiting.poll() is None
+        write_json(copy / "reports" / "mine.json", {})
+    _, stderr = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, stderr
+    assert "waiting for another edgebert process" in stderr
+    assert (copy / "reports" / "mine.json").is_file()

@@ -217,8 +217,50 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         result = runner.invoke(main, args)
         assert result.exit_code == 2 and "is a file: no directory can be made inside it" in result.stderr
     # a report inside the bundle would make it fail to load: only its reports/ folder may hold one
-    inside = runner.invoke(main, ["bench", str(classify_bundle), "--report", str(classify_bundle / "mine")])
-    assert inside.exit_code == 2 and "is inside the bundle" in inside.stderr
+    for args in (
+        ["bench", str(classify_bundle), "--report", str(classify_bundle / "mine")],
+        ["export", "-o", str(classify_bundle / "nested")],
+        ["train", "--data", str(blocker), "--eval", str(blocker), "-o", str(classify_bundle / "model")],
+    ):
+        inside = runner.invoke(main, args)
+        assert inside.exit_code == 2 and f"is inside bundle '{classify_bundle}'" in inside.stderr
+    too_long = runner.invoke(main, ["export", "-o", str(tmp_path / ("b" * 256))])
+    assert too_long.exit_code == 1 and "longer than a file name may be" in too_long.stderr
+
+
+def test_a_write_the_system_refuses_is_one_line(classify_bundle: Path, tmp_path: Path) -> None:
+    """The file system refusing a write after the work (here: files may hold 2 KB at most, a real
+    limit the kernel enforces) ends in one line naming the file, not a traceback."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write() rather than a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
+
+    report = tmp_path / "report"
+    command = [
+        sys.executable,
+        "-m",
+        "edgebert",
+        "bench",
+        str(classify_bundle),
+        *FAST,
+        "--report",
+        str(report),
+    ]
+    done = subprocess.run(
+        [*command, "--batch-size", "1", "--seq-len", "8"],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"could not write '{report / 'report.json'}': File too large" in done.stderr
+    assert "p50" in done.stdout  # the results were shown before the report was written
 
 
 def test_options_a_run_would_not_use_are_refused(
@@ -237,6 +279,7 @@ def test_options_a_run_would_not_use_are_refused(
         (["--target", "openvino", "--target-agreement", "0.9"], "NNCF's OpenVINO model takes none"),
         (["--max-drop", "1"], "the accuracy budget on --eval-data, which is not given"),
         (["--target", "openvino", "--eval-data", str(sentiment_files[1])], "takes no accuracy budget"),
+        (["--target", "openvino", "--calibration", "minmax"], "minmax is an ONNX Runtime method"),
     ):
         unused = runner.invoke(main, ["quantize", str(classify_bundle), *args])
         assert unused.exit_code == 2 and reason in unused.stderr
@@ -244,7 +287,7 @@ def test_options_a_run_would_not_use_are_refused(
     assert real.exit_code == 2 and "--real-text times one text per call" in real.stderr
     both = ["--student", "x", "--student-layers", "1", "-o", str(tmp_path / "s")]
     distill = runner.invoke(main, ["distill", "--teacher", "x", "--data", data, "--eval", data, *both])
-    assert distill.exit_code == 1 and "does not go with --student" in distill.stderr
+    assert distill.exit_code == 2 and "does not go with --student" in distill.stderr
     assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()
 
 

@@ -308,3 +308,13 @@ def test_sentence_transformers_settings_are_kept(tiny_embedder: Path, tmp_path: 
     assert bundle.manifest.max_length == 48
     assert Bundle.load(tmp_path / "a").manifest.max_length == 128
     assert export(tmp_path / "c", ExportConfig(model=str(cased), max_length=64)).manifest.max_length == 64
+
+
+def test_a_missing_model_is_pointed_at_the_hub_only_by_a_hub_id(tmp_path: Path) -> None:
+    from edgebert.models import resolve
+
+    with pytest.raises(ModelError, match="hf download google-bert/bert-base-uncased --local-dir"):
+        resolve("google-bert/bert-base-uncased")
+    with pytest.raises(ModelError, match="hf download ORG/NAME --local-dir") as missing:
+        resolve(str(tmp_path / "no-such-model"))  # a path: never offered as a hub id
+    assert "no-such-model --local-dir" not in str(missing.value)

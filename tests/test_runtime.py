@@ -179,6 +179,8 @@ def test_openvino_options_elsewhere_and_odd_containers_are_refused(classify_bund
         Predictor(classify_bundle, threads=2**40)
     with pytest.raises(TextTypeError, match="a list of strings"):
         Predictor(classify_bundle).predict({"a good film": 1})  # type: ignore[arg-type]
+    with pytest.raises(TextTypeError, match=r"one sentence pair or two texts: pass \[\(text, text_pair\)\]"):
+        Predictor(classify_bundle).predict(("is it good?", "it is good"))
 
 
 def test_a_checkpoint_s_own_special_tokens_stay_tokens(classify_bundle: Path, tmp_path: Path) -> None:
@@ -196,6 +198,7 @@ def test_a_checkpoint_s_own_special_tokens_stay_tokens(classify_bundle: Path, tm
 
 def test_embeddings_are_their_own_read_only_arrays(embed_bundle: Path) -> None:
     first, second = Predictor(embed_bundle).predict(["a good film", "a bad film"])
+    assert len(repr(first)) < 120 and f"<{first.embedding.size} floats: " in repr(first)  # type: ignore[union-attr]
     assert first.embedding is not None and first.embedding.base is None
     assert not first.embedding.flags.writeable
     assert first == Predictor(embed_bundle).predict(["a good film"])[0] and first != second

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgebert import __version__
-from edgebert.atomic import write_json
+from edgebert.atomic import check_writable, locked, write_json
 from edgebert.benchmarks.latency import (
     NOISY_SPREAD,
     PERCENTILE_METHOD,
@@ -77,6 +77,8 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         if not isinstance(values, tuple | list) or not all(type(v) is int for v in values):
             raise EdgebertError(f"{name} must be a tuple of whole numbers, not {values!r}")
     bundle = Bundle.load(bundle_path)
+    if config.save:  # before the timing, not after
+        check_writable(bundle.path / REPORTS / "report.json", advice=": pass --no-save, or copy the bundle")
     for device in config.devices:
         require_backend(device)
     subjects, skipped = _subjects(bundle, config)
@@ -138,10 +140,11 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
     if config.save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         name = f"bench-{'-'.join(config.devices)}-{stamp}"
-        taken = {p.stem for p in (bundle.path / REPORTS).glob(f"{name}*.json")}  # two runs in a second
-        saved = bundle.path / REPORTS / f"{next(n for n in _numbered(name) if n not in taken)}.json"
-        report["saved_to"] = str(saved)
-        write_json(saved, report)
+        with locked(bundle.path):  # not while another edgebert process replaces the bundle
+            taken = {p.stem for p in (bundle.path / REPORTS).glob(f"{name}*.json")}  # two runs in a second
+            saved = bundle.path / REPORTS / f"{next(n for n in _numbered(name) if n not in taken)}.json"
+            report["saved_to"] = str(saved)
+            write_json(saved, report)
     return report
 
 
@@ -165,8 +168,8 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
                 if named and device == "cpu" and art.precision == "fp16":
                     skipped.append(f"cpu:{name}: {CPU_FP16}")
                 continue
-            if device == "gpu" and art.precision == "int8":
-                skipped.append(f"gpu:{name}: {GPU_INT8}")
+            if device in ("gpu", "tensorrt") and art.precision == "int8":
+                skipped.append(f"{device}:{name}: {GPU_INT8}")
                 continue
             both = device == "openvino" and openvino_default_precision() != "f32"
             if both and art.precision in ("fp32", "int8"):

@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from edgebert.atomic import write_json, write_text
-from edgebert.errors import MissingDependencyError
+from edgebert.atomic import write_json, write_text, writing
+from edgebert.errors import MissingDependencyError, install
 
 COLUMNS = (
     "target",
@@ -162,22 +162,21 @@ def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
     try:
         import matplotlib
     except ImportError:
-        raise MissingDependencyError(
-            "--report draws plots with matplotlib: pip install 'edgebert[report]'"
-        ) from None
+        raise MissingDependencyError(f"--report draws plots with matplotlib: {install('report')}") from None
     matplotlib.use("Agg")
-    directory.mkdir(parents=True, exist_ok=True)
     written = [directory / "report.json", directory / "report.csv", directory / "report.md"]
-    write_json(written[0], report)
-    write_text(written[1], flat_csv(report))
-    write_text(written[2], markdown(report))
-    shapes = dict.fromkeys((r["batch_size"], r["seq_len"]) for r in report["results"])
-    for batch, seq_len in shapes:
-        path = directory / f"latency-accuracy-b{batch}-s{seq_len}.png"
-        _plot([r for r in report["results"] if (r["batch_size"], r["seq_len"]) == (batch, seq_len)], path)
-        written.append(path)
-    for stale in set(directory.glob("latency-accuracy-b*-s*.png")) - set(written):  # an earlier report's
-        stale.unlink()
+    with writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(written[0], report)
+        write_text(written[1], flat_csv(report))
+        write_text(written[2], markdown(report))
+        shapes = dict.fromkeys((r["batch_size"], r["seq_len"]) for r in report["results"])
+        for batch, seq_len in shapes:
+            path = directory / f"latency-accuracy-b{batch}-s{seq_len}.png"
+            _plot([r for r in report["results"] if (r["batch_size"], r["seq_len"]) == (batch, seq_len)], path)
+            written.append(path)
+        for stale in set(directory.glob("latency-accuracy-b*-s*.png")) - set(written):  # an earlier report's
+            stale.unlink()
     return written
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edgebert import __version__
-from edgebert.atomic import staging
-from edgebert.bundle import Bundle, Manifest, artifact, write_manifest
+from edgebert.atomic import check_replaceable, staging
+from edgebert.bundle import MANIFEST, Bundle, Manifest, artifact, write_manifest
 from edgebert.errors import EdgebertError, ModelError, ValidationError, require
 from edgebert.models import Checkpoint, resolve
 from edgebert.runtime import Predictor
@@ -86,6 +86,7 @@ def export(out: str | Path, config: ExportConfig = ExportConfig()) -> Bundle:
         raise EdgebertError(f"unknown --task '{config.task}': use classify or embed")
     from edgebert.exporter.first_token import first_token_only
 
+    check_replaceable(Path(out), replace=config.force, marker=MANIFEST)  # before loading the model
     checkpoint = resolve(config.model)
     task = config.task or checkpoint.task
     if task == "classify" and checkpoint.task != "classify":

@@ -269,7 +269,7 @@ BACKENDS: dict[str, Backend] = {
         _open_ort(("CPUExecutionProvider",), CPU_DISABLED_OPTIMIZERS),
         (".onnx",),
         ("int8", "fp32"),
-        "install onnxruntime (pip install edgebert)",
+        "install onnxruntime (pip install onnxruntime)",
     ),
     "gpu": Backend(
         "gpu",

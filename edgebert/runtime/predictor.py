@@ -57,6 +57,17 @@ class Prediction:
             return same and self.embedding is other.embedding
         return same and np.array_equal(self.embedding, other.embedding)
 
+    def __repr__(self) -> str:  # an embedding's hundreds of floats would bury the rest
+        if self.embedding is None:
+            return (
+                f"Prediction(label={self.label!r}, score={self.score!r}, scores={self.scores!r}, "
+                f"truncated={self.truncated})"
+            )
+        head = ", ".join(f"{x:.4f}" for x in self.embedding[:3])
+        return (
+            f"Prediction(embedding=<{self.embedding.size} floats: {head}, ...>, truncated={self.truncated})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         if self.embedding is not None:
             return {"embedding": [round(float(x), 6) for x in self.embedding], "truncated": self.truncated}
@@ -68,7 +79,12 @@ def load_tokenizer(path: Path, max_length: int, *, pad_to_multiple_of: int | Non
     ``pad_to_multiple_of``, if given) and truncates at ``max_length``."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises its own Exception subclass
+        raise BundleError(
+            f"'{path}' is not a tokenizer the tokenizers library reads ({exc}): re-export"
+        ) from exc
     pad_id = (tokenizer.padding or {}).get("pad_id", tokenizer.token_to_id("[PAD]") or 0)
     tokenizer.enable_padding(
         pad_id=pad_id,
@@ -340,6 +356,11 @@ def check_texts(texts: Iterable[Any]) -> list[Text]:
     """Texts as the tokenizer takes them; a clear error naming the position of anything else."""
     if isinstance(texts, str | bytes | dict | set | frozenset) or not isinstance(texts, Iterable):
         raise TextTypeError("texts must be a list of strings or (text, text_pair) pairs")
+    if isinstance(texts, tuple) and len(texts) == 2 and all(isinstance(t, str) for t in texts):
+        raise TextTypeError(
+            "a tuple of two strings could be one sentence pair or two texts: pass [(text, text_pair)] "
+            "for a pair, or a list of the two texts"
+        )
     checked: list[Text] = []
     for i, item in enumerate(texts):
         if isinstance(item, tuple | list) and len(item) == 2:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebert.errors import ModelError
+from edgebert.errors import ModelError, SettingsError
 from edgebert.models import resolve
 from edgebert.training.finetune import encode_examples, head_labels, load_classifier, prepare, save
 from edgebert.training.loop import Schedule, fit
@@ -39,7 +39,7 @@ class DistillConfig(Schedule):
 def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     """Distil ``config.teacher`` into a student trained on ``config.data``; save it at ``out``."""
     if config.student is not None and config.student_layers is not None:
-        raise ModelError("--student-layers keeps layers of the teacher: it does not go with --student")
+        raise SettingsError("--student-layers keeps layers of the teacher: it does not go with --student")
     train_examples, dev_examples, names = prepare(out, config)
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
