@@ -241,6 +241,8 @@ def test_a_write_the_system_refuses_is_one_line(classify_bundle: Path, tmp_path:
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
 
     report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.json").write_text('{"an": "earlier report"}')
     command = [
         sys.executable,
         "-m",
@@ -259,8 +261,11 @@ def test_a_write_the_system_refuses_is_one_line(classify_bundle: Path, tmp_path:
     )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"could not write '{report / 'report.json'}': File too large" in done.stderr
+    assert f"could not write '{report}" in done.stderr and "File too large" in done.stderr
     assert "p50" in done.stdout  # the results were shown before the report was written
+    # the report is written as a set: the earlier one stays whole, and nothing is left beside it
+    assert [p.name for p in report.iterdir()] == ["report.json"]
+    assert json.loads((report / "report.json").read_text()) == {"an": "earlier report"}
 
 
 def test_options_a_run_would_not_use_are_refused(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -164,17 +166,24 @@ def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
     except ImportError:
         raise MissingDependencyError(f"--report draws plots with matplotlib: {install('report')}") from None
     matplotlib.use("Agg")
-    written = [directory / "report.json", directory / "report.csv", directory / "report.md"]
+    shapes = dict.fromkeys((r["batch_size"], r["seq_len"]) for r in report["results"])
+    plots = {f"latency-accuracy-b{b}-s{s}.png": (b, s) for b, s in shapes}
+    names = ["report.json", "report.csv", "report.md", *plots]
     with writing(directory):
         directory.mkdir(parents=True, exist_ok=True)
-        write_json(written[0], report)
-        write_text(written[1], flat_csv(report))
-        write_text(written[2], markdown(report))
-        shapes = dict.fromkeys((r["batch_size"], r["seq_len"]) for r in report["results"])
-        for batch, seq_len in shapes:
-            path = directory / f"latency-accuracy-b{batch}-s{seq_len}.png"
-            _plot([r for r in report["results"] if (r["batch_size"], r["seq_len"]) == (batch, seq_len)], path)
-            written.append(path)
+        # every file made first, then all put in place: a failure leaves the earlier report whole
+        with tempfile.TemporaryDirectory(prefix=".report.", dir=directory) as made:
+            write_json(Path(made) / names[0], report)
+            write_text(Path(made) / names[1], flat_csv(report))
+            write_text(Path(made) / names[2], markdown(report))
+            for name, shape in plots.items():
+                _plot(
+                    [r for r in report["results"] if (r["batch_size"], r["seq_len"]) == shape],
+                    Path(made) / name,
+                )
+            for name in names:
+                os.replace(Path(made) / name, directory / name)
+        written = [directory / name for name in names]
         for stale in set(directory.glob("latency-accuracy-b*-s*.png")) - set(written):  # an earlier report's
             stale.unlink()
     return written
