@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,10 +95,16 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle directory."""
+    """A verified bundle directory; ``inode``, where it was loaded from disk, identifies the
+    directory it was loaded from (a writer replaces a bundle by renaming a new directory into place)."""
 
     path: Path
     manifest: Manifest
+    inode: int | None = field(default=None, compare=False)
+
+    def unchanged(self) -> bool:
+        """Whether ``path`` is still the directory this bundle was loaded from."""
+        return self.inode is None or _inode(self.path) == self.inode
 
     def file(self, name: str) -> Path:
         return self.path / self.manifest.artifacts[name].file
@@ -120,14 +128,46 @@ class Bundle:
         try:
             for each in (name, *weights):
                 verify_artifact(self.path, each, self.manifest.artifacts[each])
-        except BundleError as exc:
+        except (BundleError, OSError) as exc:
             raise BundleError(
-                f"bundle '{self.path}' changed since it was loaded ({exc}): load it again"
+                f"bundle '{self.path}' changed since it was loaded (its '{name}' model is not the one "
+                "loaded): load it again"
             ) from exc
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
+        """The bundle at ``path``, every file checked against its manifest. A bundle replaced while
+        it is read (by a writer renaming a new one into place) is read again."""
         path = Path(path)
+        for attempt in range(3):
+            before = _inode(path)
+            try:
+                bundle = cls._load(path, before)
+            except BundleError:
+                # the same directory throughout: the error stands; none: maybe a writer between its
+                # two renames (see ``atomic.staging``), so look again in a moment
+                if _inode(path) == before and (before is not None or attempt == 2):
+                    raise
+                time.sleep(0.01)
+                continue
+            if _inode(path) == before:
+                return bundle
+        raise BundleError(f"bundle '{path}' was replaced again and again while it was read: load it again")
+
+    @classmethod
+    def _load(cls, path: Path, inode: int | None) -> Bundle:
+        try:
+            return cls._read(path, inode)
+        except OSError as exc:  # unreadable: permissions, say
+            where = f" ('{exc.filename}')" if exc.filename else ""
+            raise BundleError(f"cannot read bundle '{path}': {exc.strerror or exc}{where}") from exc
+
+    @classmethod
+    def _read(cls, path: Path, inode: int | None) -> Bundle:
+        if path.name == MANIFEST and path.is_file():
+            raise BundleError(
+                f"'{path}' is a bundle's manifest: pass the bundle's directory, '{path.parent}'"
+            )
         if not (path / MANIFEST).is_file():
             recover(path)  # a write killed together with its guard may have moved it aside
         if not (path / MANIFEST).is_file():
@@ -149,7 +189,14 @@ class Bundle:
                 f"bundle '{path}' holds files its manifest does not list ({', '.join(unknown)}): "
                 "remove them or re-export the bundle"
             )
-        return cls(path.absolute(), manifest)  # a process that changes directory still finds it
+        return cls(path.absolute(), manifest, inode)  # a process that changes directory still finds it
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -188,6 +235,10 @@ def _malformed(manifest: Manifest) -> str | None:
         manifest.labels and len(manifest.labels) >= 2 and all(isinstance(x, str) for x in manifest.labels)
     ):
         return "a classifier needs two labels or more"
+    if manifest.labels is not None and len(set(manifest.labels)) != len(manifest.labels):
+        return "a label is listed twice"
+    if not isinstance(manifest.source, dict) or not isinstance(manifest.pooling, dict | None):
+        return "source must be a mapping, pooling a mapping or null"
     if not isinstance(manifest.max_length, int) or not 2 <= manifest.max_length <= 8192:
         return f"max_length {manifest.max_length!r} is not a number of tokens"
     if not all(isinstance(v, str) for v in (manifest.output, manifest.output_name)):

@@ -196,6 +196,8 @@ def test_nothing_is_unpickled() -> None:
         (lambda m: m["artifacts"].pop("fp32"), "no fp32 model"),
         (lambda m: m["artifacts"]["fp32"].update(parent="int8"), "'fp32' descends from 'fp32', in a circle"),
         (lambda m: m["artifacts"]["int8"].update(parent="fp16"), "which it does not list"),
+        (lambda m: m.update(labels=["same", "same"]), "a label is listed twice"),
+        (lambda m: m.update(source=None), "source must be a mapping"),
     ],
 )
 def test_hand_edited_manifests_are_refused(
@@ -290,3 +292,81 @@ def test_writers_of_one_bundle_take_turns(classify_bundle: Path, tmp_path: Path)
     assert waiting.returncode == 0, stderr
     assert "waiting for another edgebert process" in stderr
     assert (copy / "reports" / "mine.json").is_file()
+
+
+def test_a_bundle_replaced_while_it_is_opened_is_opened_again(
+    classify_bundle: Path, embed_bundle: Path, tmp_path: Path
+) -> None:
+    """A writer renames a new bundle into place (here, over and over, between a classifier and an
+    embedding model): every Predictor gets one bundle whole, never one's manifest with the other's
+    model files."""
+    import os
+    import threading
+    import time
+
+    from edgebert.runtime import Predictor
+
+    path, other, aside = tmp_path / "bundle", tmp_path / "other", tmp_path / ".aside"
+    shutil.copytree(classify_bundle, path)
+    shutil.copytree(embed_bundle, other)
+    stop = threading.Event()
+
+    def writer() -> None:  # atomic.staging's two renames, and the old copy kept for the next turn
+        while not stop.is_set():
+            os.replace(path, aside)
+            os.replace(other, path)
+            os.replace(aside, other)
+            time.sleep(0.1)
+
+    swapping = threading.Thread(target=writer)
+    swapping.start()
+    seen = set()
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            predictor = Predictor(path, precision="fp32")
+            result = predictor.predict(["a good film"])[0]
+            assert (result.embedding is None) == (predictor.task == "classify")
+            seen.add(predictor.task)
+    finally:
+        stop.set()
+        swapping.join()
+    assert seen == {"classify", "embed"}
+
+
+def test_an_unreadable_bundle_is_one_clear_error(classify_bundle: Path, tmp_path: Path) -> None:
+    """Files the process may not read (a bundle made by another user, say) are a BundleError, not a
+    PermissionError; run as the unprivileged user nobody, since root reads everything."""
+    import os
+    import subprocess
+    import sys
+
+    source = str(Path(__file__).resolve().parents[1])
+
+    def as_nobody(python: str, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": source}
+        return subprocess.run(
+            [python, "-c", code, *args], capture_output=True, text=True, env=env, user=65534
+        )
+
+    def imports_edgebert(python: str) -> bool:
+        try:
+            return as_nobody(python, "import edgebert.bundle").returncode == 0
+        except OSError:  # nobody may not run it (it may live in root's home)
+            return False
+
+    pythons = [sys.executable, "/usr/bin/python3"]
+    python = next((p for p in pythons if os.geteuid() == 0 and imports_edgebert(p)), None)
+    if python is None:
+        pytest.skip("needs root and a Python the user nobody can run, to read a bundle as nobody")
+    copy = _copy(classify_bundle, tmp_path)
+    tmp_path.chmod(0o755)
+    (copy / MANIFEST).chmod(0o600)
+    done = as_nobody(
+        python, "import sys; from edgebert.bundle import Bundle; Bundle.load(sys.argv[1])", str(copy)
+    )
+    assert "BundleError: cannot read bundle" in done.stderr and "Permission denied" in done.stderr, (
+        done.stderr
+    )
+    with pytest.raises(BundleError, match="is a bundle's manifest: pass the bundle's directory"):
+        Bundle.load(copy / MANIFEST)

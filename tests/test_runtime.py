@@ -179,6 +179,8 @@ def test_openvino_options_elsewhere_and_odd_containers_are_refused(classify_bund
         Predictor(classify_bundle, threads=2**40)
     with pytest.raises(TextTypeError, match="a list of strings"):
         Predictor(classify_bundle).predict({"a good film": 1})  # type: ignore[arg-type]
+    with pytest.raises(TextTypeError, match="a list of strings"):
+        Predictor(classify_bundle).predict(np.array("a good film"))  # type: ignore[arg-type]
     with pytest.raises(TextTypeError, match=r"one sentence pair or two texts: pass \[\(text, text_pair\)\]"):
         Predictor(classify_bundle).predict(("is it good?", "it is good"))
 
@@ -212,3 +214,26 @@ def test_a_relative_bundle_path_survives_a_change_of_directory(
     monkeypatch.chdir("/")
     predictor.bundle.verify(predictor.precision)  # what the first large call does
     assert predictor.predict(["a good film"])[0].label is not None
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenized(classify_bundle: Path) -> None:
+    """What lies past the bundle's max_length would be truncated anyway: a megabyte text is cut at
+    MAX_CHARS_PER_TOKEN characters a token first, and gets the answer that cut text gets."""
+    from edgebert.runtime.predictor import MAX_CHARS_PER_TOKEN
+
+    predictor = Predictor(classify_bundle)
+    limit = predictor.bundle.manifest.max_length * MAX_CHARS_PER_TOKEN
+    huge = "a good film " * 100_000
+    whole, cut = predictor.predict([huge, huge[:limit]])
+    assert whole.truncated and whole == cut
+    short = predictor.predict(["a good film"])[0]
+    assert not short.truncated
+
+
+def test_sessions_without_spinning(classify_bundle: Path) -> None:
+    quiet = Predictor(classify_bundle, precision="fp32", spinning=False)
+    entry = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(entry) == "0"
+    assert quiet.predict(["a good film"]) == Predictor(classify_bundle, precision="fp32").predict(
+        ["a good film"]
+    )

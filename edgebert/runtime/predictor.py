@@ -16,7 +16,7 @@ import copy
 import functools
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,17 @@ import numpy as np
 
 from edgebert.bundle import Bundle, BundleError
 from edgebert.errors import EdgebertError, InputError, TextTypeError
-from edgebert.runtime.backends import BACKENDS, BackendError, ByTokens, open_session, require_backend
+from edgebert.runtime.backends import (
+    BACKENDS,
+    BackendError,
+    ByTokens,
+    SessionOptions,
+    open_session,
+    require_backend,
+)
 
 Text = str | tuple[str, str]
+MAX_CHARS_PER_TOKEN = 100  # a text longer than this many characters per token of max_length is cut
 log = logging.getLogger("edgebert")
 
 
@@ -105,6 +113,9 @@ class Predictor:
     ``pad_to_multiple_of``: pad inputs to a multiple of this many tokens (default: the backend's, see
     ``Backend``; 1 pads only to the longest text of a batch). ``static_shapes`` (OpenVINO): compile
     a model for each of the last that many input shapes (faster, more memory: ``OpenVINOSession``).
+    ``spinning=False`` (ONNX Runtime): its idle threads sleep at once after a call rather than spin
+    for the next; for an application that predicts now and then, at some cost to back-to-back calls.
+    A bundle replaced (by a writer renaming a new one into place) while it is opened is opened again.
     On ONNX Runtime CPU a model with another graph in the bundle (an INT8 model's fused
     attention) runs each call on the graph that is faster at its size (``ByTokens``; the model's
     own graph is loaded at the first call large enough to need it).
@@ -120,15 +131,38 @@ class Predictor:
         inference_precision: str | None = None,
         pad_to_multiple_of: int | None = None,
         static_shapes: int = 0,
+        spinning: bool = True,
     ) -> None:
         _check_count("threads", threads, 1, most=1024)
         _check_count("pad_to_multiple_of", pad_to_multiple_of, 1)
         _check_count("static_shapes", static_shapes, 0)
         if not isinstance(bundle, str | Path | Bundle):
             raise InputError(f"bundle must be a bundle directory (str or Path), not {type(bundle).__name__}")
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        settings = SessionOptions(threads, inference_precision, static_shapes, spinning)
+        for _ in range(3):
+            self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+            try:
+                self._open(precision, backend, pad_to_multiple_of, settings)
+            except EdgebertError:
+                if self.bundle.unchanged():
+                    raise
+                continue
+            if self.bundle.unchanged():  # not replaced by a writer while its files were opened
+                return
+        raise BundleError(
+            f"bundle '{bundle}' was replaced again and again while it was opened: open it again"
+        )
+
+    def _open(
+        self,
+        precision: str | None,
+        backend: str | None,
+        pad_to_multiple_of: int | None,
+        settings: SessionOptions,
+    ) -> None:
+        """``__init__``'s work: choose the bundle's model, load its tokenizer, open its sessions."""
         self.precision, self.backend = choose_model(self.bundle, precision, backend)
-        _check_openvino_options(self.backend, inference_precision, static_shapes)
+        _check_openvino_options(self.backend, settings.inference_precision, settings.static_shapes)
         chosen = self.bundle.manifest.artifacts[self.precision]
         method = chosen.made_by.get("method")
         # an ONNX dynamic INT8 model's ranges read the padding and the batch's other texts (see the
@@ -142,17 +176,14 @@ class Predictor:
             pad_to_multiple_of=pad_to_multiple_of or padding,
         )
         model = functools.partial(
-            open_session,
-            self.bundle.file(self.precision),
-            self.backend,
-            threads=threads,
-            inference_precision=inference_precision,
-            static_shapes=static_shapes,
+            open_session, self.bundle.file(self.precision), self.backend, **asdict(settings)
         )
         self.session: Any
         graph = self.bundle.graph_for(self.precision)  # the same model as another graph, for small calls
         if graph is not None and self.backend == "cpu":
-            small = open_session(self.bundle.file(graph), "cpu", threads=threads)
+            small = open_session(
+                self.bundle.file(graph), "cpu", threads=settings.threads, spinning=settings.spinning
+            )
             up_to = self.bundle.manifest.artifacts[graph].made_by["up_to_tokens"]
 
             def verified() -> Any:  # opened at the first large call: still the model loaded?
@@ -193,7 +224,11 @@ class Predictor:
         A text with no token besides [CLS]/[SEP] (only characters the tokenizer drops) is an
         ``InputError`` naming its position (``positions[i]`` when given).
         """
-        encodings = self.tokenizer.encode_batch(list(texts))
+        # texts cut first at MAX_CHARS_PER_TOKEN a token: what is past that would be truncated
+        # anyway, and tokenizing megabytes takes seconds and hundreds of MB
+        limit = self.bundle.manifest.max_length * MAX_CHARS_PER_TOKEN
+        cut = [_cut(text, limit) for text in texts]
+        encodings = self.tokenizer.encode_batch(cut)
         for row, encoding in enumerate(encodings):
             if all(encoding.special_tokens_mask):
                 position = positions[row] if positions is not None else row
@@ -206,7 +241,7 @@ class Predictor:
             "attention_mask": np.array([e.attention_mask[:width] for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids[:width] for e in encodings], dtype=np.int64),
         }
-        truncated = [bool(e.overflowing) for e in encodings]
+        truncated = [bool(e.overflowing) or c is not t for e, c, t in zip(encodings, cut, texts, strict=True)]
         return {k: v for k, v in feeds.items() if k in self.input_names}, truncated
 
     def outputs(
@@ -340,6 +375,14 @@ def batch_size_for(method: str | None) -> int:
     return 1 if method == "dynamic" else 32
 
 
+def _cut(text: Text, limit: int) -> Text:
+    """``text`` (each text of a pair) cut at ``limit`` characters; the same object where it is shorter."""
+    if isinstance(text, tuple | list):  # a pair
+        cut = (_cut(text[0], limit), _cut(text[1], limit))
+        return text if cut[0] is text[0] and cut[1] is text[1] else cut  # type: ignore[return-value]
+    return text[:limit] if len(text) > limit else text
+
+
 def _own(row: np.ndarray) -> np.ndarray:
     """A read-only copy of one row of a batch's outputs: a result kept does not keep the batch."""
     copy = row.copy()
@@ -361,8 +404,12 @@ def check_texts(texts: Iterable[Any]) -> list[Text]:
             "a tuple of two strings could be one sentence pair or two texts: pass [(text, text_pair)] "
             "for a pair, or a list of the two texts"
         )
+    try:
+        items = iter(texts)
+    except TypeError:  # a 0-d array, say
+        raise TextTypeError("texts must be a list of strings or (text, text_pair) pairs") from None
     checked: list[Text] = []
-    for i, item in enumerate(texts):
+    for i, item in enumerate(items):
         if isinstance(item, tuple | list) and len(item) == 2:
             checked.append((_clean(item[0], i), _clean(item[1], i)))
         else:
