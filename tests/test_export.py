@@ -318,3 +318,12 @@ def test_a_missing_model_is_pointed_at_the_hub_only_by_a_hub_id(tmp_path: Path) 
     with pytest.raises(ModelError, match="hf download ORG/NAME --local-dir") as missing:
         resolve(str(tmp_path / "no-such-model"))  # a path: never offered as a hub id
     assert "no-such-model --local-dir" not in str(missing.value)
+
+
+def test_the_default_model_is_its_pinned_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgebert import models
+
+    assert models.resolve(None).name == "all-MiniLM-L6-v2"  # the installed package's weights match
+    monkeypatch.setattr(models, "DEFAULT_WEIGHTS_SHA256", "0" * 64)  # as if the package brought others
+    with pytest.raises(ModelError, match="is not the all-MiniLM-L6-v2 weights edgebert was made for"):
+        models.resolve(None)

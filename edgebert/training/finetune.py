@@ -13,7 +13,7 @@ from typing import Any
 
 from edgebert.atomic import check_replaceable, staging, write_json
 from edgebert.data import Examples, encode_labels, label_index, label_names, read_examples
-from edgebert.errors import DataError, require
+from edgebert.errors import DataError, EdgebertError, require
 from edgebert.models import Checkpoint, resolve
 from edgebert.training.loop import Schedule, check_resume, fit, is_main_process, resume_dir
 
@@ -113,10 +113,18 @@ def save(out: str | Path, model: Any, tokenizer: Any, summary: dict[str, Any], f
     by the main process; then the run's resumable state goes."""
     if not is_main_process():
         return
-    with staging(Path(out), replace=force, marker="config.json") as stage:
-        model.save_pretrained(stage, safe_serialization=True)
-        tokenizer.save_pretrained(stage)
-        write_json(stage / "training_summary.json", summary)
+    try:
+        with staging(Path(out), replace=force, marker="config.json") as stage:
+            model.save_pretrained(stage, safe_serialization=True)
+            tokenizer.save_pretrained(stage)
+            write_json(stage / "training_summary.json", summary)
+    except EdgebertError as exc:  # a full disk, say: the run is not lost if its state was saved
+        if not (resume_dir(out) / "state.json").is_file():
+            raise
+        raise EdgebertError(
+            f"{exc}; the run's state from its last save is in {resume_dir(out)}/: once the checkpoint "
+            "can be written, run the same command with --resume"
+        ) from exc
     shutil.rmtree(resume_dir(out), ignore_errors=True)
 
 
