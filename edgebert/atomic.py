@@ -5,6 +5,13 @@ checkpoint) is built in a hidden staging directory beside the target and swapped
 small guard process watches each staging: when the writer's end of a pipe closes, whether because
 the writer finished, raised, or was killed, the guard removes what is left of the staging directory
 and, if the writer died between the two renames of a swap, puts the old directory back.
+
+Writers of one directory take turns: each holds an flock on it from before it reads it until its
+swap (``locked``), and on its staging directory while that lives. What a writer killed together
+with its guard leaves is found by the next writer (or load) of that path: a staging directory or
+old copy no live process holds is removed, or the old copy put back where the target is gone
+(``recover``). Paths that cannot be written are refused before any work (``check_writable``) and
+the operating system's refusals become one line (``writing``).
 """
 
 from __future__ import annotations
