@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -48,8 +50,11 @@ _GUARD = """
 import os, shutil, sys
 stage, target, old = sys.argv[1:4]
 sys.stdin.buffer.read()
-if not os.path.exists(target) and os.path.isdir(old):
-    os.replace(old, target)
+try:
+    if not os.path.exists(target) and os.path.isdir(old):
+        os.replace(old, target)
+except OSError:  # another process's recover() put it back first
+    pass
 shutil.rmtree(stage, ignore_errors=True)
 shutil.rmtree(old, ignore_errors=True)
 """
@@ -99,10 +104,11 @@ def staging(
     is left as it was. An existing ``target`` is only replaced when it holds ``marker`` (it is one
     of ours) or is empty.
     """
-    target = Path(target).absolute()
+    target = Path(os.path.realpath(target))  # a link's directory, and never a path ending in ".."
+    replace = replace or start_from is not None
     recover(target)
     with writing(target), locked(target):
-        check_replaceable(target, replace=replace or start_from is not None, marker=marker)
+        check_replaceable(target, replace=replace, marker=marker)
         target.parent.mkdir(parents=True, exist_ok=True)
         stage = target.parent / f"{_stage_prefix(target)}{secrets.token_hex(6)}.partial"
         old = stage.with_suffix(".old")
@@ -120,11 +126,16 @@ def staging(
                         copy(item, stage / item.name)
                 yield stage
                 _settle(stage)
+                if target.exists() and not replace:  # made meanwhile by a writer that held no lock
+                    raise EdgebertError(f"'{target}' was made while this ran: pass --force to replace it")
                 _swap(stage, target, old)
         finally:
             assert guard.stdin is not None
             guard.stdin.close()  # the guard removes the staging directory and any old copy
-            guard.wait(timeout=60)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guard.wait(timeout=60)
+            if target.exists():  # swapped, or never moved: the old copy is no longer needed
+                shutil.rmtree(old, ignore_errors=True)  # (the guard's work, in case it was killed)
 
 
 def _swap(stage: Path, target: Path, old: Path) -> None:
@@ -164,6 +175,7 @@ def locked(directory: Path) -> Iterator[None]:
                 if os.stat(directory).st_ino == os.fstat(fd).st_ino:
                     break  # still the directory at that path, not one the other writer replaced
             stack.close()
+            recover(directory)  # gone: its writer may have died between its two renames
         yield
 
 
@@ -189,14 +201,10 @@ def recover(target: Path) -> None:
     old copy that a swap had moved aside when ``target`` is gone, and remove staging directories no
     live process holds."""
     target = Path(target).absolute()
-    prefix = _stage_prefix(target)
+    ours = re.compile(re.escape(_stage_prefix(target)) + r"[0-9a-f]{12}\.(partial|old)")
     with locked(target.parent):
         try:
-            leftovers = sorted(
-                p
-                for p in target.parent.iterdir()
-                if p.name.startswith(prefix) and p.suffix in (".partial", ".old")
-            )
+            leftovers = sorted(p for p in target.parent.iterdir() if ours.fullmatch(p.name))
         except OSError:  # no parent yet, or not readable: nothing of ours there
             return
         for path in leftovers:
@@ -226,15 +234,22 @@ def _recover_one(path: Path, target: Path) -> None:
 
 
 def _stage_prefix(target: Path) -> str:
-    return f".{os.fsdecode(os.fsencode(target.name)[:_STAGE_NAME_BYTES])}."
+    """What the names of ``target``'s staging directories and old copies start with: its name, or
+    where that is too long, its first bytes (whole characters) and a digest of the whole name."""
+    name = os.fsencode(target.name)
+    if len(name) <= _STAGE_NAME_BYTES:
+        return f".{target.name}."
+    cut = name[: _STAGE_NAME_BYTES - 9].decode("utf-8", "ignore")
+    return f".{cut}-{hashlib.sha256(name).hexdigest()[:8]}."
 
 
 def check_replaceable(target: Path, *, replace: bool, marker: str) -> None:
     """Refuse an output directory ``staging`` would refuse: one that exists without ``replace``,
     or that holds files but not ``marker`` (it is not one of ours). Commands that work for long
     before they save call it first, so that no work is lost to the refusal."""
-    target = Path(target).absolute()
+    target = Path(os.path.realpath(target))
     check_writable(target)
+    recover(target)  # an old copy a killed write moved aside is the target
     if not target.exists():
         return
     if not replace:
@@ -287,9 +302,13 @@ def _settle(root: Path) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Flush ``path``'s entries to disk, where this process may open it (it may write and enter a
+    directory it may not read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +243,7 @@ def bench(
     as_json: bool,
 ) -> None:
     """Measure latency, throughput, memory, size and accuracy of every model in BUNDLE on each target."""
-    from edgebert.atomic import check_writable
+    from edgebert.atomic import check_writable, locked
     from edgebert.benchmarks import BenchConfig, Timing
     from edgebert.benchmarks import bench as run_bench
     from edgebert.benchmarks.report import render, write_report
@@ -282,8 +283,12 @@ def bench(
             errors.print(f"report saved to {report['saved_to']}")
     for line in report["skipped"] + report["warnings"]:
         errors.print(f"warning: {line}")
-    for path in write_report(report, report_dir) if report_dir else []:  # the results are shown first
-        errors.print(f"wrote {path}")
+    if report_dir is not None:  # the results are shown first
+        # under the bundle's reports/, not while another edgebert process replaces the bundle
+        with locked(bundle) if Path(report_dir).resolve().is_relative_to(bundle.resolve()) else nullcontext():
+            written = write_report(report, report_dir)
+        for path in written:
+            errors.print(f"wrote {path}")
 
 
 @main.command()

@@ -53,10 +53,13 @@ class OutputDir(click.Path):
         blocked = next((p for p in absolute.parents if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             self.fail(f"'{blocked}' is a file: no directory can be made inside it", param, ctx)
-        bundle = next((p for p in absolute.parents if (p / MANIFEST).is_file()), None)
-        if bundle is not None and not (self.in_reports and absolute.is_relative_to(bundle / REPORTS)):
+        real = Path(os.path.realpath(absolute))  # through links and ".."
+        # a bundle above it, or (for a report, which would land in it) the directory itself
+        above = [real, *real.parents] if self.in_reports else list(real.parents)
+        bundle = next((p for p in above if (p / MANIFEST).is_file()), None)
+        if bundle is not None and not (self.in_reports and real.is_relative_to(bundle / REPORTS)):
             where = f"under '{bundle / REPORTS}' or outside it" if self.in_reports else "outside it"
-            self.fail(f"'{absolute}' is inside bundle '{bundle}': write {where}", param, ctx)
+            self.fail(f"'{absolute}' is in bundle '{bundle}': write {where}", param, ctx)
         return path
 
 

@@ -254,7 +254,7 @@ def test_what_a_killed_writer_and_its_guard_left_is_recovered(classify_bundle: P
 
 
 def test_a_live_writers_staging_directory_is_left_alone(tmp_path: Path) -> None:
-    with staging(tmp_path / "out") as first:
+    with staging(tmp_path / "out", replace=True) as first:
         (first / "a").write_text("a")
         with staging(tmp_path / "out", replace=True) as second:  # its clean-up must not take first's
             (second / "b").write_text("b")
@@ -370,3 +370,40 @@ def test_an_unreadable_bundle_is_one_clear_error(classify_bundle: Path, tmp_path
     )
     with pytest.raises(BundleError, match="is a bundle's manifest: pass the bundle's directory"):
         Bundle.load(copy / MANIFEST)
+
+
+def test_recovery_touches_only_a_writer_s_own_leftovers(classify_bundle: Path, tmp_path: Path) -> None:
+    """Another bundle's old copy (``model.v2``'s, beside ``model``) and a user's hidden directory
+    that happen to start like ``model``'s leftovers are not ``model``'s to remove or restore."""
+    sibling = tmp_path / ".model.v2.0123456789ab.old"  # model.v2's only copy, its writer killed
+    shutil.copytree(classify_bundle, sibling)
+    users = tmp_path / ".model.before-retrain.old"
+    users.mkdir()
+    (users / "notes.txt").write_text("precious")
+    with pytest.raises(BundleError, match="no bundle at"):
+        Bundle.load(tmp_path / "model")
+    with staging(tmp_path / "model") as stage:
+        write_json(stage / MANIFEST, {"format_version": 1})
+    assert (sibling / MANIFEST).is_file() and (users / "notes.txt").read_text() == "precious"
+    assert Bundle.load(tmp_path / "model.v2").manifest.task == "classify"  # restored: its own
+
+
+def test_staging_names_stay_whole_characters_and_paths_are_resolved(tmp_path: Path) -> None:
+    long = tmp_path / ("日" * 70)  # 210 bytes: the staging name keeps whole characters and a digest
+    with staging(long) as stage:
+        stage.name.encode("utf-8")  # no lone surrogate a library could not open
+        (stage / "x").write_text("x")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with staging(tmp_path / "link" / "sub" / "..", replace=True) as stage:  # the directory "real"
+        assert stage.parent == tmp_path and stage.name.startswith(".real.")
+    assert (long / "x").is_file() and (tmp_path / "link").is_symlink()
+
+
+def test_a_target_made_meanwhile_is_not_replaced_without_consent(tmp_path: Path) -> None:
+    refused = pytest.raises(EdgebertError, match="was made while this ran: pass --force")
+    with refused, staging(tmp_path / "out") as first:  # a new path: no lock to take yet
+        with staging(tmp_path / "out") as second:
+            (second / "b").write_text("b")
+        (first / "a").write_text("a")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]

@@ -221,9 +221,11 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(
         ["bench", str(classify_bundle), "--report", str(classify_bundle / "mine")],
         ["export", "-o", str(classify_bundle / "nested")],
         ["train", "--data", str(blocker), "--eval", str(blocker), "-o", str(classify_bundle / "model")],
+        ["bench", str(classify_bundle), "--report", str(classify_bundle)],  # the bundle itself
+        ["bench", str(classify_bundle), "--report", f"{classify_bundle}/reports/.."],
     ):
         inside = runner.invoke(main, args)
-        assert inside.exit_code == 2 and f"is inside bundle '{classify_bundle}'" in inside.stderr
+        assert inside.exit_code == 2 and f"is in bundle '{classify_bundle}'" in inside.stderr
     too_long = runner.invoke(main, ["export", "-o", str(tmp_path / ("b" * 256))])
     assert too_long.exit_code == 1 and "longer than a file name may be" in too_long.stderr
 

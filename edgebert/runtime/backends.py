@@ -120,7 +120,7 @@ def _open_ort(
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: its errors are raised, and edgebert says them once
         if settings.threads:
             options.intra_op_num_threads = settings.threads
         if not settings.spinning:
