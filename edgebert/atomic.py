@@ -126,9 +126,10 @@ def staging(
                         copy(item, stage / item.name)
                 yield stage
                 _settle(stage)
-                if target.exists() and not replace:  # made meanwhile by a writer that held no lock
-                    raise EdgebertError(f"'{target}' was made while this ran: pass --force to replace it")
-                _swap(stage, target, old)
+                with locked(target.parent):  # the check and the swap as one, for a new target
+                    if target.exists() and not replace:  # made meanwhile (a new path had no lock)
+                        raise EdgebertError(f"'{target}' was made while this ran: pass --force to replace it")
+                    _swap(stage, target, old)
         finally:
             assert guard.stdin is not None
             guard.stdin.close()  # the guard removes the staging directory and any old copy
@@ -200,7 +201,7 @@ def recover(target: Path) -> None:
     """Clean up after writers of ``target`` that were killed together with their guard: put back an
     old copy that a swap had moved aside when ``target`` is gone, and remove staging directories no
     live process holds."""
-    target = Path(target).absolute()
+    target = Path(os.path.realpath(target))  # where staging, which resolves links, left them
     ours = re.compile(re.escape(_stage_prefix(target)) + r"[0-9a-f]{12}\.(partial|old)")
     with locked(target.parent):
         try:

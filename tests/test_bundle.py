@@ -407,3 +407,12 @@ def test_a_target_made_meanwhile_is_not_replaced_without_consent(tmp_path: Path)
             (second / "b").write_text("b")
         (first / "a").write_text("a")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]
+
+
+def test_leftovers_are_found_beside_the_directory_a_link_names(classify_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "bundle").symlink_to(tmp_path / "real" / "bundle")  # dangling: the swap stopped
+    shutil.copytree(classify_bundle, tmp_path / "real" / ".bundle.0123456789ab.old")
+    assert Bundle.load(tmp_path / "links" / "bundle").manifest.task == "classify"
+    assert [p.name for p in (tmp_path / "real").iterdir()] == ["bundle"]
