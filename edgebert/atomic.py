@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgebert.errors import EdgebertError
+from edgebert.errors import EdgebertError, os_reason
 
 try:
     import fcntl
@@ -89,8 +89,7 @@ def writing(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        where = f" ('{exc.filename}')" if exc.filename and Path(exc.filename) != Path(path) else ""
-        raise EdgebertError(f"could not write '{path}': {exc.strerror or exc}{where}") from exc
+        raise EdgebertError(f"could not write '{path}': {os_reason(exc, path)}") from exc
 
 
 @contextlib.contextmanager

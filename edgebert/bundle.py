@@ -19,7 +19,7 @@ from typing import Any
 
 from edgebert import __version__
 from edgebert.atomic import recover, write_json
-from edgebert.errors import BundleError
+from edgebert.errors import BundleError, os_reason
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -159,8 +159,7 @@ class Bundle:
         try:
             return cls._read(path, inode)
         except OSError as exc:  # unreadable: permissions, say
-            where = f" ('{exc.filename}')" if exc.filename else ""
-            raise BundleError(f"cannot read bundle '{path}': {exc.strerror or exc}{where}") from exc
+            raise BundleError(f"cannot read bundle '{path}': {os_reason(exc, path)}") from exc
 
     @classmethod
     def _read(cls, path: Path, inode: int | None) -> Bundle:

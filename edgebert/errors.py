@@ -5,6 +5,8 @@ Every message says what is wrong and what to do about it, in one line.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class EdgebertError(Exception):
     """Base of every error edgebert raises on purpose."""
@@ -54,3 +56,10 @@ def require(module: str, extra: str) -> None:
 def install(extra: str) -> str:
     """How to add edgebert's optional dependencies ``extra`` (edgebert installs from its source)."""
     return f"install edgebert's '{extra}' extra (pip install '.[{extra}]' in edgebert's source directory)"
+
+
+def os_reason(exc: OSError, path: str | Path) -> str:
+    """Why the operating system refused an operation on ``path``, and on which file where that is
+    another (one inside it, say)."""
+    where = f" ('{exc.filename}')" if exc.filename and Path(exc.filename) != Path(path) else ""
+    return f"{exc.strerror or exc}{where}"
