@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +25,9 @@ from edgebert.errors import BundleError, os_reason
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 REPORTS = "reports"
+# what file managers leave in a directory they show or copy (macOS on any volume, AppleDouble
+# "._NAME" files on FAT/exFAT cards, Windows Explorer): not the bundle's, so neither refused nor read
+OS_LITTER = re.compile(r"\.DS_Store|\._.+|\.Spotlight-V100|\.Trashes|\.fseventsd|Thumbs\.db|desktop\.ini")
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,9 @@ class Bundle:
         for name, artifact in manifest.artifacts.items():
             verify_artifact(path, name, artifact)
         known = {MANIFEST, REPORTS} | {a.file for a in manifest.artifacts.values()}
-        unknown = sorted(p.name for p in path.iterdir() if p.name not in known)
+        unknown = sorted(
+            p.name for p in path.iterdir() if p.name not in known and not OS_LITTER.fullmatch(p.name)
+        )
         if unknown:
             raise BundleError(
                 f"bundle '{path}' holds files its manifest does not list ({', '.join(unknown)}): "

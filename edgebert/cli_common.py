@@ -20,9 +20,12 @@ errors = Console(stderr=True, markup=False)
 DEFAULT_BUNDLE = "bundle"
 
 
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
 def explained(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn edgebert's errors into one line and exit code 1 (2 for settings no run can use, as
-    click's own usage errors)."""
+    click's own usage errors); Ctrl-C into "interrupted" and exit code 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,6 +35,9 @@ def explained(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(str(exc)) from exc
         except EdgebertError as exc:
             raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:  # what was being written is already gone (edgebert.atomic)
+            errors.print("interrupted")
+            raise click.exceptions.Exit(INTERRUPTED) from None
 
     return wrapper
 

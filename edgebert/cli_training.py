@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from edgebert.cli_common import (
+    INTERRUPTED,
     JSON,
     PRECISION,
     OutputDir,
@@ -45,11 +46,10 @@ def resumable(out: Path) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if resume_dir(out).is_dir():
-            errors.print(
-                f"interrupted: its state is in {resume_dir(out)}/; run the same command with --resume"
-            )
-        raise
+        if not resume_dir(out).is_dir():
+            raise
+        errors.print(f"interrupted: its state is in {resume_dir(out)}/; run the same command with --resume")
+        raise click.exceptions.Exit(INTERRUPTED) from None
 
 
 @click.command()

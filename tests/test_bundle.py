@@ -43,6 +43,9 @@ def test_missing_and_unknown_files_are_refused(classify_bundle: Path, tmp_path: 
     with pytest.raises(BundleError, match=r"stray\.bin"):
         Bundle.load(copy)
     (copy / "stray.bin").unlink()
+    for litter in (".DS_Store", "._model.onnx", "Thumbs.db"):  # a file manager's, not the bundle's
+        (copy / litter).write_bytes(b"x")
+    assert Bundle.load(copy).manifest.artifacts.keys()
     (copy / "tokenizer.json").unlink()
     with pytest.raises(BundleError, match=r"tokenizer\.json.*missing"):
         Bundle.load(copy)
