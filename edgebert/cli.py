@@ -283,9 +283,10 @@ def bench(
             errors.print(f"report saved to {report['saved_to']}")
     for line in report["skipped"] + report["warnings"]:
         errors.print(f"warning: {line}")
-    if report_dir is not None:  # the results are shown first
+    inside = report_dir is not None and Path(report_dir).resolve().is_relative_to(bundle.resolve())
+    if report_dir is not None and not (inside and report.get("bundle_replaced")):  # results shown first
         # under the bundle's reports/, not while another edgebert process replaces the bundle
-        with locked(bundle) if Path(report_dir).resolve().is_relative_to(bundle.resolve()) else nullcontext():
+        with locked(bundle) if inside else nullcontext():
             written = write_report(report, report_dir)
         for path in written:
             errors.print(f"wrote {path}")

@@ -178,3 +178,45 @@ def test_a_gpu_run_times_fp32_and_says_why_not_int8(classify_bundle: Path) -> No
     subjects, skipped = _subjects(Bundle.load(classify_bundle), BenchConfig(devices=("gpu",)))
     assert [(s.model, s.device) for s in subjects.values()] == [("fp32", "gpu")]
     assert skipped == [f"gpu:int8: {GPU_INT8}"] and "TensorRT does not run" in GPU_INT8
+
+
+def test_a_report_is_not_saved_into_a_bundle_replaced_while_it_ran(
+    classify_bundle: Path, tmp_path: Path
+) -> None:
+    """The results are of the models measured: a bundle another command replaced meanwhile does not
+    get them as its own report."""
+    import logging
+    import shutil
+    import threading
+
+    from edgebert.atomic import staging
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(classify_bundle, copy)
+    timing_began = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("timing"):
+                timing_began.set()
+
+    watch, logger = Watch(), logging.getLogger("edgebert")
+    level = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.INFO)
+    results: list[dict] = []
+    timing = Timing(warmup=1, min_runs=5, min_seconds=3.0)
+    config = BenchConfig(batch_sizes=(1,), seq_lens=(8,), timing=timing)
+    runner = threading.Thread(target=lambda: results.append(bench(str(copy), config)))
+    try:
+        runner.start()
+        assert timing_began.wait(60)
+        with staging(copy, start_from=copy):  # a writer replaces the bundle (a copy renamed into place)
+            pass
+        runner.join(60)
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+    (report,) = results
+    assert "saved_to" not in report and not list((copy / "reports").glob("bench-*.json"))
+    assert report["bundle_replaced"] and any("was replaced while this ran" in w for w in report["warnings"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,7 +122,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
                 }
             )
     results = with_fp32_ratios(results)
-    report = {
+    report: dict[str, Any] = {
         "edgebert_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(bundle.path),
@@ -137,14 +138,20 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         "skipped": skipped,
         "warnings": _warnings(results, config.timing),
     }
-    if config.save:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        name = f"bench-{'-'.join(config.devices)}-{stamp}"
-        with locked(bundle.path):  # not while another edgebert process replaces the bundle
+    with locked(bundle.path) if config.save else nullcontext():  # not while a writer replaces it
+        report["bundle_replaced"] = not bundle.unchanged()  # so its models are not the ones measured
+        if config.save and not report["bundle_replaced"]:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            name = f"bench-{'-'.join(config.devices)}-{stamp}"
             taken = {p.stem for p in (bundle.path / REPORTS).glob(f"{name}*.json")}  # two runs in a second
             saved = bundle.path / REPORTS / f"{next(n for n in _numbered(name) if n not in taken)}.json"
             report["saved_to"] = str(saved)
             write_json(saved, report)
+    if report["bundle_replaced"]:
+        report["warnings"].append(
+            f"bundle '{bundle.path}' was replaced while this ran (by another edgebert command): these "
+            "results are of the models it replaced, so nothing was saved into it"
+        )
     return report
 
 
