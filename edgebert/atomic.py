@@ -213,14 +213,15 @@ def recover(target: Path) -> None:
 
 def _recover_one(path: Path, target: Path) -> None:
     """Restore or remove ``path``, a staging directory or old copy of ``target``, unless a live
-    writer holds it."""
+    writer holds it. Without flock (Windows) a live writer's cannot be told from a leftover: left be."""
+    if fcntl is None:
+        return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer's
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer's
         if path.suffix == ".old" and not target.exists():
             os.replace(path, target)
             log.warning("'%s' restored from the copy an interrupted write had moved aside", target)

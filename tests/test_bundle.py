@@ -265,6 +265,21 @@ def test_a_live_writers_staging_directory_is_left_alone(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
 
 
+def test_without_flock_nothing_is_recovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no flock (Windows), a live writer's staging directory looks like a leftover:
+    recovery leaves both kinds be rather than remove another process's work."""
+    import edgebert.atomic
+
+    monkeypatch.setattr(edgebert.atomic, "fcntl", None)
+    (tmp_path / ".out.0123456789ab.partial").mkdir()
+    (tmp_path / ".out.0123456789ab.old").mkdir()
+    edgebert.atomic.recover(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".out.0123456789ab.old",
+        ".out.0123456789ab.partial",
+    ]
+
+
 def test_names_up_to_the_longest_a_file_system_takes(tmp_path: Path) -> None:
     longest = tmp_path / ("b" * 255)
     with staging(longest) as stage:  # its staging directory's name is cut to fit
