@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import filecmp
 import itertools
 import json
 import logging
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -182,6 +184,19 @@ def encode_labels(examples: Examples, names: tuple[str, ...]) -> list[int]:
                 + ")"
             )
     return ids
+
+
+def same_data(first: str | Path, second: str | Path) -> bool:
+    """Whether two data files are one: one path (through links, hard links included) or the same
+    bytes (a copy). False where either cannot be read: reading it says why."""
+    try:
+        if os.path.samefile(first, second):
+            return True
+        if os.path.getsize(first) != os.path.getsize(second):
+            return False
+        return filecmp.cmp(first, second, shallow=False)
+    except OSError:
+        return False
 
 
 def read_text(path: Path) -> str:

@@ -42,7 +42,7 @@ from edgebert.calibration import (
 from edgebert.calibration.attention import fuse_attention, up_to_tokens
 from edgebert.calibration.search import distill_ranges
 from edgebert.calibration.smoothing import FFN_OUTPUT
-from edgebert.data import encode_labels, read_examples, sample_examples
+from edgebert.data import encode_labels, read_examples, same_data, sample_examples
 from edgebert.errors import DataError, EdgebertError, SettingsError, ValidationError, require
 from edgebert.fidelity import close_outputs, divergence, fidelity
 from edgebert.runtime import Predictor
@@ -265,11 +265,10 @@ def _large_blocks_back_to_the_os() -> None:
 
 def calibration_texts(config: QuantizeConfig) -> tuple[list[Any], str]:
     """The texts that guide quantization, and a description of where they came from."""
-    files = [Path(f).resolve() for f in (config.eval_data, config.calibration_data) if f is not None]
-    if len(files) == 2 and files[0] == files[1]:
+    if config.eval_data and config.calibration_data and same_data(config.eval_data, config.calibration_data):
         raise DataError(
-            "--calibration-data and --eval-data are the same file: calibrate on training text and "
-            "measure on held-out text"
+            "--calibration-data and --eval-data are the same file (or copies of one): calibrate on "
+            "training text and measure on held-out text"
         )
     if config.calibration_data is None:
         if config.method != "dynamic" or config.target == "openvino":  # ranges measured on them

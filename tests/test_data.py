@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_shared
-from edgebert.data import encode_labels, label_names, read_examples, sample_examples
+from edgebert.data import encode_labels, label_names, read_examples, same_data, sample_examples
 from edgebert.errors import DataError
 
 
@@ -201,3 +201,16 @@ def test_lines_are_counted_in_the_file_across_quoted_line_breaks(tmp_path: Path)
         read_examples(_write(tmp_path, "a.csv", content))
     examples = read_examples(_write(tmp_path, "b.csv", content.rsplit('"five', 1)[0]))
     assert examples.lines == [2, 5] and examples.texts == ["one\ntwo\nthree", "four"]
+
+
+def test_one_file_under_two_names_or_copied_is_the_same_data(tmp_path: Path) -> None:
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    (tmp_path / "copy.tsv").write_bytes(dev.read_bytes())
+    (tmp_path / "hard.tsv").hardlink_to(dev)
+    (tmp_path / "link.tsv").symlink_to(dev)
+    (tmp_path / "other.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t1\n")  # same size, one label
+    for name in ("dev.tsv", "copy.tsv", "hard.tsv", "link.tsv"):
+        assert same_data(dev, tmp_path / name)
+    assert not same_data(dev, tmp_path / "other.tsv")
+    assert not same_data(dev, tmp_path / "missing.tsv")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebert.atomic import check_replaceable, staging, write_json
-from edgebert.data import Examples, encode_labels, label_index, label_names, read_examples
+from edgebert.data import Examples, encode_labels, label_index, label_names, read_examples, same_data
 from edgebert.errors import DataError, EdgebertError, require
 from edgebert.models import Checkpoint, resolve
 from edgebert.training.loop import Schedule, check_resume, fit, is_main_process, resume_dir
@@ -89,8 +89,8 @@ def prepare(out: str | Path, config: Schedule) -> tuple[Examples, Examples, tupl
     require("transformers", "train")
     import transformers
 
-    if Path(config.data).resolve() == Path(config.eval_data).resolve():
-        raise DataError("--data and --eval are the same file: evaluate on held-out data")
+    if same_data(config.data, config.eval_data):
+        raise DataError("--data and --eval are the same file (or copies of one): evaluate on held-out data")
     check_replaceable(Path(out), replace=config.force, marker="config.json")
     check_resume(out, config)
     train_examples, dev_examples = read_examples(config.data), read_examples(config.eval_data)
