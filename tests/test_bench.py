@@ -219,4 +219,6 @@ def test_a_report_is_not_saved_into_a_bundle_replaced_while_it_ran(
         logger.setLevel(level)
     (report,) = results
     assert "saved_to" not in report and not list((copy / "reports").glob("bench-*.json"))
-    assert report["bundle_replaced"] and any("was replaced while this ran" in w for w in report["warnings"])
+    assert report["bundle_replaced"] and any(
+        "was replaced or removed while this ran" in w for w in report["warnings"]
+    )

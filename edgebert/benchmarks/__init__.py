@@ -149,8 +149,8 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
             write_json(saved, report)
     if report["bundle_replaced"]:
         report["warnings"].append(
-            f"bundle '{bundle.path}' was replaced while this ran (by another edgebert command): these "
-            "results are of the models it replaced, so nothing was saved into it"
+            f"bundle '{bundle.path}' was replaced or removed while this ran (by another edgebert "
+            "command, say): these results are of the models it held, so nothing was saved into it"
         )
     return report
 
