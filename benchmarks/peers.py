@@ -86,21 +86,25 @@ def main() -> None:
             for label in (k for k in rows if "student" in k):
                 rows[label]["gop_b8"] = student_gop
         texts = read_examples(args.dev, labeled=False).texts[:REAL_TEXTS]
-        shapes: list[Any] = [(1, 128), (8, 128), ("real", tuple(texts))]
         peaks = [gemm_peak_tops(args.threads)]  # the batch-8 target's yardstick, before and after
-        timed = measure_models(subjects, args.threads, shapes, TIMING)
+        timed = measure_models(subjects, args.threads, [(1, 128), (8, 128)], TIMING)
         peaks.append(gemm_peak_tops(args.threads))
+        # real text, Optimum's pipeline taking its turns with them (it runs text, not token ids)
+        pipeline = "Optimum pipeline (dynamic INT8)"
+        rows[pipeline] = optimum_pipeline(work / "optimum", args.dev, args.threads)
+        timer = {pipeline: PipelineTimer(work / "optimum", args.threads)}
+        real = measure_models(subjects, args.threads, [("real", tuple(texts))], TIMING, others=timer)
+        rows[pipeline]["latency"] = {"real": real.pop(pipeline)["shapes"][0]["latency_ms"]}
         for label, result in timed.items():
             rows[label]["latency"] = {
                 str(s["batch_size"]) if s["seq_len"] != "real" else "real": s["latency_ms"]
-                for s in result["shapes"]
+                for s in result["shapes"] + real[label]["shapes"]
             }
-            rows[label]["peak_rss_mb"] = result["peak_rss_mb"]
+            rows[label]["peak_rss_mb"] = max(result["peak_rss_mb"], real[label]["peak_rss_mb"])
             rows[label]["computes_in"] = computes_in(rows[label]["precision"], result["inference_precision"])
         rows["PyTorch fp32"] = pytorch(args.model, args.dev, texts, args.threads, args.bert_base)
-        rows["Optimum pipeline (dynamic INT8)"] = optimum_pipeline(work / "optimum", args.dev, args.threads)
         if args.bert_base:  # random weights: accuracy means nothing
-            rows["Optimum pipeline (dynamic INT8)"]["accuracy"] = None
+            rows[pipeline]["accuracy"] = None
     write(args, out, rows, build_seconds, peaks)
 
 
@@ -319,8 +323,44 @@ def _timed(
     return seconds
 
 
+class PipelineTimer:
+    """Optimum's pipeline in a process of .peers-venv (``peers_optimum.py serve``) answering the timing
+    harness's requests, so that it takes its turns with edgebert's models (``measure_models``'s
+    ``others``) rather than running before or after them on a machine whose speed drifts."""
+
+    def __init__(self, out: Path, threads: int) -> None:
+        command = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peers_optimum.py"), "serve", str(out)]
+        self.process = subprocess.Popen(
+            [*command, "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def send(self, request: tuple[Any, ...]) -> None:
+        if request[0] == "warmup":
+            message: dict[str, Any] = {"warmup": request[2], "texts": list(request[1][1])}
+        elif request[0] == "time":
+            message = {"time": request[1]}
+        else:
+            message = {"stop": True}
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def recv(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"Optimum's pipeline process ended (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
 def optimum_pipeline(out: Path, dev: str, threads: int) -> dict[str, Any]:
-    """Optimum's own pipeline on real text, one sentence at a time (peers_optimum.py, .peers-venv)."""
+    """Optimum's own pipeline on SST-2 dev, one sentence at a time (peers_optimum.py, .peers-venv):
+    its accuracy, and latency figures that ``PipelineTimer``'s replace."""
     command = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peers_optimum.py"), "pipeline", str(out), dev]
     result = json.loads(
         subprocess.run(
@@ -431,8 +471,9 @@ def write(
         f"--threads {args.threads}{flags}` ({time.strftime('%Y-%m-%d')}).",
         "",
         "p50 latency in ms (p99 in brackets). b1, b8: synthetic text, 128 tokens. real: SST-2 dev sentences one at a "
-        "time at their own lengths, tokenization included. Every ONNX/OpenVINO model ran in one interleaved run; "
-        "PyTorch and Optimum's pipeline ran after it with the same rule (≥100 runs and ≥3 s after 10 warm-up runs). "
+        "time at their own lengths, tokenization included. Every ONNX/OpenVINO model ran in one interleaved run (b1 "
+        "and b8, then real text, in which Optimum's pipeline took its turns with them, from its own environment); "
+        "PyTorch ran after it with the same rule (≥100 runs and ≥3 s after 10 warm-up runs). "
         f"edgebert's OpenVINO model pads inputs to multiples of {BACKENDS['openvino'].pad_to_multiple_of} tokens and "
         "compiles a model for each input shape "
         f"it meets (up to {STATIC_SHAPES}): each new shape costs a compile (on real text inside the timed runs, so it shows "

@@ -14,6 +14,9 @@ docs show), written beside it as ``model_quantized.onnx``.
 sentence at a time; latency percentiles over the first --n sentences (the first 20 calls are warm-up and
 not timed) and accuracy over every row of DATA_TSV.
 
+``serve``: that pipeline timed in turns with the models of edgebert's harness (requests on stdin, see
+``cmd_serve``), so that a machine slowing down slows it and them alike.
+
 Each subcommand prints one JSON object on stdout; logs go to stderr. Nothing is fetched from the hub.
 """
 
@@ -131,19 +134,14 @@ def label_to_id(label: str, label2id: dict[str, int]) -> int:
     raise SystemExit(f"pipeline label {label!r} is not in the model's label2id {label2id!r}")
 
 
-def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
+def _classifier(out_dir: Path, threads: int) -> Any:
+    """The quantized model in a transformers text-classification pipeline."""
     import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer, pipeline
 
-    out_dir = Path(args.out_dir)
-    sentences, labels = read_tsv(Path(args.data_tsv))
-    if args.n <= WARMUP_CALLS:
-        raise SystemExit(f"--n must exceed the {WARMUP_CALLS} warm-up calls")
-
     session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = args.threads
+    session_options.intra_op_num_threads = threads
     model = ORTModelForSequenceClassification.from_pretrained(
         out_dir,
         file_name=QUANTIZED_NAME,
@@ -151,7 +149,53 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         provider="CPUExecutionProvider",
     )
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    return pipeline("text-classification", model=model, tokenizer=tokenizer)
+
+
+def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
+    """Time the pipeline in turns with edgebert's timing harness (peers.py's ``PipelineTimer``): one
+    JSON request a line on stdin, one JSON reply a line on stdout, as the harness's model processes
+    answer its requests (edgebert.benchmarks.latency._child)."""
+    start = time.perf_counter()
+    classifier = _classifier(Path(args.out_dir), args.threads)
+    reply: dict[str, Any] = {"load_ms": (time.perf_counter() - start) * 1000, "inference_precision": None}
+    texts: list[str] = []
+    at, first_ms = 0, None
+    while True:
+        print(json.dumps(reply), flush=True)
+        request = json.loads(sys.stdin.readline() or '{"stop": true}')
+        if "stop" in request:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return {"first_inference_ms": first_ms, "peak_rss_mb": peak}
+        if "warmup" in request:
+            texts, at = request["texts"], 0
+            began = time.perf_counter()
+            classifier(texts[0])
+            first_ms = first_ms if first_ms is not None else (time.perf_counter() - began) * 1000
+            for i in range(request["warmup"]):
+                classifier(texts[i % len(texts)])
+            reply = {}
+        else:  # the next texts, in order, for the turn's seconds
+            seconds: list[float] = []
+            while not seconds or sum(seconds) < request["time"]:
+                began = time.perf_counter()
+                classifier(texts[at % len(texts)])
+                seconds.append(time.perf_counter() - began)
+                at += 1
+            reply = {"seconds": seconds}
+
+
+def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    out_dir = Path(args.out_dir)
+    sentences, labels = read_tsv(Path(args.data_tsv))
+    if args.n <= WARMUP_CALLS:
+        raise SystemExit(f"--n must exceed the {WARMUP_CALLS} warm-up calls")
+    classifier = _classifier(out_dir, args.threads)
+    model = classifier.model
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
     log(f"id2label={model.config.id2label} label2id={label2id}")
 
@@ -206,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--n", type=int, default=300, help="sentences for latency, warm-up included")
     pipe.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     pipe.set_defaults(func=cmd_pipeline)
+
+    serve = sub.add_parser("serve", help="time the pipeline in turns with edgebert's harness (stdin/stdout)")
+    serve.add_argument("out_dir")
+    serve.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

