@@ -222,3 +222,27 @@ def test_a_report_is_not_saved_into_a_bundle_replaced_while_it_ran(
     assert report["bundle_replaced"] and any(
         "was replaced or removed while this ran" in w for w in report["warnings"]
     )
+
+
+def test_timers_started_elsewhere_take_their_turns(classify_bundle: Path) -> None:
+    """``measure_models``'s ``others``: a timer it did not start (here the harness's own model process,
+    started by the test) is timed in turns with its subjects and closed at the end."""
+    import multiprocessing
+
+    from edgebert.benchmarks.latency import Subject, _child, measure_models
+
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    other = context.Process(target=_child, args=(theirs, Subject(classify_bundle, "fp32", "cpu"), 1))
+    other.start()
+    try:
+        texts = ("a fine film", "dull and far too long", "good")
+        subjects = {"int8": Subject(classify_bundle, "int8", "cpu")}
+        results = measure_models(subjects, 1, [("real", texts)], QUICK, others={"fp32 elsewhere": ours})
+    finally:
+        other.join(timeout=30)
+    assert set(results) == {"int8", "fp32 elsewhere"}
+    for result in results.values():
+        (shape,) = result["shapes"]
+        assert shape["seq_len"] == "real" and shape["latency_ms"]["p50"] > 0
+    assert ours.closed and other.exitcode == 0
