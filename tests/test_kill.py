@@ -123,12 +123,20 @@ def test_killed_training_leaves_no_half_checkpoint(
 def test_ctrl_c_says_interrupted_exits_130_and_leaves_nothing(tiny_classifier: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     command = [*CLI, "export", "-m", str(tiny_classifier), "--quantize", "int8", "-o", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as a terminal's foreground command gets it: a shell's background job (a CI runner's, say)
+        # inherits Ctrl-C ignored, and Python then never turns it into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     while process.poll() is None and not MOMENTS["fp32 model written"](tmp_path):
         time.sleep(0.001)
     assert process.poll() is None, "the export finished before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted" and "Aborted" not in stderr
     assert settled(tmp_path, set()) == set()  # no bundle, no staging directory
