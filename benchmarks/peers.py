@@ -81,8 +81,8 @@ def main() -> None:
             for label, (path, model, device, hint) in bundles.items()
         }
         rows = quality(subjects, args.dev, skip_accuracy=args.bert_base)
-        if args.student:  # batch 8's work scales with the layers
-            student_gop = GOP_B8 * layers(args.student) / layers(args.model)
+        if args.student:  # batch 8's work scales with the student's layers and FFN width
+            student_gop = GOP_B8 * work(args.student) / work(args.model)
             for label in (k for k in rows if "student" in k):
                 rows[label]["gop_b8"] = student_gop
         texts = read_examples(args.dev, labeled=False).texts[:REAL_TEXTS]
@@ -133,8 +133,22 @@ def gemm_peak_tops(threads: int, n: int = 1024, runs: int = 20) -> float:
     return 2 * n**3 / float(np.median(seconds)) / 1e12
 
 
-def layers(model_dir: str) -> int:
-    return int(json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"])
+def dims(model_dir: str) -> tuple[int, int, int]:
+    """A BERT checkpoint's layers, hidden size and FFN width."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
+
+
+def work(model_dir: str, tokens: int = 128) -> float:
+    """Multiply-adds per sequence of ``tokens``: the layers' matrix products and attention's."""
+    depth, hidden, ffn = dims(model_dir)
+    return depth * tokens * (4 * hidden * hidden + 2 * hidden * ffn + 2 * tokens * hidden)
+
+
+def student_name(student: str, model: str) -> str:
+    """The student as a table names it: "5-layer", or "6-layer, 768-wide FFN" where it is narrower."""
+    depth, _, ffn = dims(student)
+    return f"{depth}-layer" + ("" if ffn == dims(model)[2] else f", {ffn}-wide FFN")
 
 
 def cli(*args: str) -> None:
@@ -200,7 +214,7 @@ def build(
     if args.student:  # the same recipe on a smaller model distilled from this one
         student = work / "student"
         cli("export", "-m", args.student, "-o", str(student))
-        name = f"edgebert {layers(args.student)}-layer student"
+        name = f"edgebert {student_name(args.student, args.model)} student"
         began = time.perf_counter()
         cli("quantize", str(student), "--calibration", "distill", *calibrate)
         cli("quantize", str(student), "--target", "openvino", "--calibration", "distill", *calibrate)
@@ -481,8 +495,14 @@ def write(
         "edgebert's models from edgebert's export, whose last layer computes the first token only (exact: the only "
         "token the classifier reads)."
         + (
-            f" The student: {layers(args.student)} of the model's {layers(args.model)} layers, distilled from it "
-            "by `benchmarks/student.py` (SST-2 train, dev not used), then quantized as the model is."
+            f" The student: {dims(args.student)[0]} of the model's {dims(args.model)[0]} layers"
+            + (
+                f", each with {dims(args.student)[2]} of its {dims(args.model)[2]} FFN neurons"
+                if dims(args.student)[2] != dims(args.model)[2]
+                else ""
+            )
+            + ", distilled from it by `benchmarks/student.py` (SST-2 train, dev not used), then quantized as "
+            "the model is."
             if args.student
             else ""
         ),

@@ -1,7 +1,7 @@
 """A smaller student of the reference SST-2 classifier, distilled by edgebert, for
 `benchmarks/peers.py --student`.
 
-    .venv/bin/python benchmarks/student.py [--layers 5] [--epochs 2] --out DIR
+    .venv/bin/python benchmarks/student.py [--layers 5] [--ffn N] [--epochs 2] --out DIR
 
 SST-2 train is split (seed 0) into 2,000 sentences held out, on which `edgebert distill` picks its
 best epoch, and the rest, which it trains on: SST-2 dev, where peers.py measures accuracy, plays no
@@ -9,6 +9,8 @@ part in making the student. The student keeps evenly spaced layers of the teache
 included) and learns from the teacher's soft targets and the labels (edgebert distill's defaults),
 and its hidden states from the teacher's (TinyBERT's transfer, `--hidden-weight`, 1.0 by default
 here: SST-2 dev 0.8888 fp32 / 0.8945 INT8 against 0.8911 / 0.8888 without it, one run each).
+`--ffn N` also narrows each layer's FFN to its N neurons that add most (edgebert distill's
+`--student-ffn`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ HELD_OUT = 2000
 def main() -> None:
     parser = subject_parser(__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=5, help="Teacher layers the student keeps.")
+    parser.add_argument("--ffn", type=int, help="FFN neurons each layer keeps (default: all).")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
         "--hidden-weight",
@@ -49,6 +52,7 @@ def main() -> None:
         distill = ["distill", "--teacher", args.model, "--data", str(train), "--eval", str(choose)]
         options = ["--epochs", str(args.epochs), "--student-layers", str(args.layers)]
         options += ["--hidden-weight", str(args.hidden_weight)]
+        options += ["--student-ffn", str(args.ffn)] if args.ffn else []
         command = [sys.executable, "-m", "edgebert.cli", *distill, *options, "--out", args.out, "--force"]
         subprocess.run([*command, "--json"], check=True)
 

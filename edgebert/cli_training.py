@@ -136,6 +136,12 @@ def pretrain(out: Path, as_json: bool, **options: Any) -> None:
     "--student-layers", type=click.IntRange(1), help="Keep this many of the teacher's layers (default: half)."
 )
 @click.option("--student", help="Start the student from this checkpoint instead (its tokenizer may differ).")
+@click.option(
+    "--student-ffn",
+    type=click.IntRange(1),
+    help="Also narrow each layer's FFN to this many neurons: those that add most to the layer's output "
+    "on the training texts (default: keep them all).",
+)
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True)
 @click.option(
     "--alpha",

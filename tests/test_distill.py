@@ -75,13 +75,49 @@ def test_distill_command_and_export(
 ) -> None:
     train_file, dev_file = map(str, sentiment_files)
     command = ["distill", "--teacher", str(teacher), "--data", train_file, "--eval", dev_file]
-    result = CliRunner().invoke(main, [*command, "--max-steps", "4", "--out", str(tmp_path / "s"), "--json"])
+    narrow = ["--max-steps", "4", "--student-ffn", "48", "--out", str(tmp_path / "s"), "--json"]
+    result = CliRunner().invoke(main, [*command, *narrow])
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["steps"] == 4
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 4 and summary["student"]["ffn"] == {"kept": 48, "of": 128, "scored_on": 256}
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["intermediate_size"] == 48
     exported = CliRunner().invoke(main, ["export", "-m", str(tmp_path / "s"), "-o", str(tmp_path / "b")])
     assert exported.exit_code == 0, exported.stderr
     wrong = CliRunner().invoke(main, [*command, "--student-layers", "9", "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 1 and "must be 1..2" in wrong.stderr
+    wide = CliRunner().invoke(main, [*command, "--student-ffn", "129", "--out", str(tmp_path / "x")])
+    assert wide.exit_code == 1 and "--student-ffn 129 must be 1..128" in wide.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_narrower_ffn_keeps_the_neurons_that_add_to_the_output(
+    teacher: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    """With a third of each layer's FFN neurons silenced (zero output weights), narrowing to the
+    rest keeps exactly the rest: the model's outputs do not change."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from conftest import sentiment_rows
+    from edgebert.training.distill import _narrow_ffn
+
+    model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    silent = torch.arange(model.config.intermediate_size) % 3 == 0
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            layer.output.dense.weight[:, silent] = 0
+    texts = [t for t, _ in sentiment_rows(32, 5)]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**batch).logits
+    train_file, dev_file = map(str, sentiment_files)
+    width = int((~silent).sum())
+    config = DistillConfig(teacher=str(teacher), data=train_file, eval_data=dev_file, student_ffn=width)
+    assert _narrow_ffn(model, tokenizer, texts, config) == {"kept": width, "of": 128, "scored_on": 32}
+    assert model.config.intermediate_size == width
+    assert model.bert.encoder.layer[0].output.dense.weight.shape[1] == width
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, before)
 
 
 def test_student_from_another_checkpoint(

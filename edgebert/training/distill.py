@@ -22,14 +22,17 @@ log = logging.getLogger("edgebert")
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig(Schedule):
     """``student_layers``: keep that many of the teacher's layers (evenly spaced, the first included);
-    or ``student``: a checkpoint to start from. The loss is ``alpha`` x T^2 x KL(teacher || student)
-    at ``temperature`` T plus (1 - ``alpha``) x cross-entropy with the labels, plus (TinyBERT's
-    transfer, optional) ``hidden_weight`` x MSE of the hidden states and ``attention_weight`` x MSE of
-    the attention probabilities, student layer m against teacher layer m x depth / student depth."""
+    or ``student``: a checkpoint to start from. ``student_ffn``: then keep that many of each layer's
+    FFN neurons, those that add most to the layer's output on the training texts. The loss is
+    ``alpha`` x T^2 x KL(teacher || student) at ``temperature`` T plus (1 - ``alpha``) x
+    cross-entropy with the labels, plus (TinyBERT's transfer, optional) ``hidden_weight`` x MSE of
+    the hidden states and ``attention_weight`` x MSE of the attention probabilities, student layer m
+    against teacher layer m x depth / student depth."""
 
     teacher: str
     student_layers: int | None = None
     student: str | None = None
+    student_ffn: int | None = None
     temperature: float = 2.0
     alpha: float = 0.5
     hidden_weight: float = 0.0
@@ -49,6 +52,8 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_checkpoint.path).eval()
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_checkpoint.path)
     student, tokenizer, origin = _student(teacher, teacher_tokenizer, config, names)
+    if config.student_ffn is not None:
+        origin["ffn"] = _narrow_ffn(student, tokenizer, train_examples.texts, config)
     log.info("computing the teacher's logits for the %d training texts", len(train_examples))
     soft = _logits(teacher, teacher_tokenizer, train_examples.texts, config.max_length, desc="teacher logits")
     train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
@@ -166,6 +171,42 @@ def _student(
     encoder.layer = type(encoder.layer)([encoder.layer[i] for i in kept])
     student.config.num_hidden_layers = layers
     return student, teacher_tokenizer, {"from": "teacher layers", "layers": kept}
+
+
+def _narrow_ffn(student: Any, tokenizer: Any, texts: list[Any], config: DistillConfig) -> dict:
+    """Keep ``config.student_ffn`` of each layer's FFN neurons: those with the largest mean
+    |activation| x norm of their output weights (the size of what each adds to the layer's output)
+    over up to 512 training texts, each run alone so that no padding counts."""
+    import random
+
+    import torch
+    from transformers.pytorch_utils import prune_linear_layer
+
+    width, size, length = config.student_ffn, student.config.intermediate_size, config.max_length
+    if width is None or not 1 <= width <= size:
+        raise ModelError(f"--student-ffn {width} must be 1..{size} (the student's FFN width)")
+    layers = student.bert.encoder.layer
+    sums = [torch.zeros(size) for _ in layers]
+    hooks = [
+        layer.intermediate.register_forward_hook(lambda _m, _i, out, s=s: s.add_(out.abs().sum((0, 1))))
+        for layer, s in zip(layers, sums, strict=True)
+    ]
+    sample = random.Random(config.seed).sample(list(texts), min(512, len(texts)))
+    student.eval()
+    try:
+        with torch.no_grad():
+            for text in sample:
+                columns = list(text) if isinstance(text, tuple) else [text]
+                student(**tokenizer(*columns, truncation=True, max_length=length, return_tensors="pt"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for layer, s in zip(layers, sums, strict=True):
+        keep = (s * layer.output.dense.weight.norm(dim=0)).topk(width).indices.sort().values
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+    student.config.intermediate_size = width
+    return {"kept": width, "of": size, "scored_on": len(sample)}
 
 
 def _logits(
