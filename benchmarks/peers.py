@@ -82,7 +82,7 @@ def main() -> None:
         }
         rows = quality(subjects, args.dev, skip_accuracy=args.bert_base)
         if args.student:  # batch 8's work scales with the student's layers and FFN width
-            student_gop = GOP_B8 * work(args.student) / work(args.model)
+            student_gop = GOP_B8 * multiply_adds(args.student) / multiply_adds(args.model)
             for label in (k for k in rows if "student" in k):
                 rows[label]["gop_b8"] = student_gop
         texts = read_examples(args.dev, labeled=False).texts[:REAL_TEXTS]
@@ -139,7 +139,7 @@ def dims(model_dir: str) -> tuple[int, int, int]:
     return config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
 
 
-def work(model_dir: str, tokens: int = 128) -> float:
+def multiply_adds(model_dir: str, tokens: int = 128) -> float:
     """Multiply-adds per sequence of ``tokens``: the layers' matrix products and attention's."""
     depth, hidden, ffn = dims(model_dir)
     return depth * tokens * (4 * hidden * hidden + 2 * hidden * ffn + 2 * tokens * hidden)
@@ -149,6 +149,16 @@ def student_name(student: str, model: str) -> str:
     """The student as a table names it: "5-layer", or "6-layer, 768-wide FFN" where it is narrower."""
     depth, _, ffn = dims(student)
     return f"{depth}-layer" + ("" if ffn == dims(model)[2] else f", {ffn}-wide FFN")
+
+
+def student_sentence(student: str, model: str) -> str:
+    """How the student was made, for the results file."""
+    (depth, _, ffn), (model_depth, _, model_ffn) = dims(student), dims(model)
+    narrower = f", each with {ffn} of its {model_ffn} FFN neurons" if ffn != model_ffn else ""
+    return (
+        f" The student: {depth} of the model's {model_depth} layers{narrower}, distilled from it by "
+        "`benchmarks/student.py` (SST-2 train, dev not used), then quantized as the model is."
+    )
 
 
 def cli(*args: str) -> None:
@@ -493,19 +503,7 @@ def write(
         f"it meets (up to {STATIC_SHAPES}): each new shape costs a compile (on real text inside the timed runs, so it shows "
         "in p99) and a copy of the weights (in peak MB). The peer recipes start from Optimum's plain ONNX export; "
         "edgebert's models from edgebert's export, whose last layer computes the first token only (exact: the only "
-        "token the classifier reads)."
-        + (
-            f" The student: {dims(args.student)[0]} of the model's {dims(args.model)[0]} layers"
-            + (
-                f", each with {dims(args.student)[2]} of its {dims(args.model)[2]} FFN neurons"
-                if dims(args.student)[2] != dims(args.model)[2]
-                else ""
-            )
-            + ", distilled from it by `benchmarks/student.py` (SST-2 train, dev not used), then quantized as "
-            "the model is."
-            if args.student
-            else ""
-        ),
+        "token the classifier reads)." + (student_sentence(args.student, args.model) if args.student else ""),
         "",
         "| recipe | computes in | b1 | b8 | real | dev accuracy | agreement with fp32 | size MB | peak MB |",
         "|---|---|---|---|---|---|---|---|---|",
