@@ -7,8 +7,9 @@ FFN-output MatMuls are ranked by how much their quantization moves the outputs (
 calibration texts). Distillation-aware calibration returns the fewest of the most sensitive to
 float that bring the INT8 model's agreement with fp32 on those texts to a target; the other methods
 keep the most sensitive one; given a labeled held-out file, every method keeps the fewest that hold
-accuracy within a budget. The INT8 model also gets its graph with the attention fused, which the
-Predictor runs for small calls (``edgebert.calibration.attention``).
+accuracy within a budget (``edgebert.calibration.fallback``). The INT8 model also gets its graph
+with the attention fused, which the Predictor runs for small calls
+(``edgebert.calibration.attention``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,10 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from edgebert.atomic import staging, write_json
 from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, sha256, write_manifest
@@ -37,16 +34,14 @@ from edgebert.calibration import (
     collect_ranges,
     quantize_static,
     quiet_root_logger,
-    weight_matmuls,
 )
 from edgebert.calibration.attention import fuse_attention, up_to_tokens
+from edgebert.calibration.fallback import choose_float_nodes
 from edgebert.calibration.search import distill_ranges
-from edgebert.calibration.smoothing import FFN_OUTPUT
-from edgebert.data import encode_labels, read_examples, same_data, sample_examples
+from edgebert.data import same_data, sample_examples
 from edgebert.errors import DataError, EdgebertError, SettingsError, ValidationError, require
-from edgebert.fidelity import close_outputs, divergence, fidelity
+from edgebert.fidelity import close_outputs, fidelity
 from edgebert.runtime import Predictor
-from edgebert.runtime.predictor import batch_size_for
 from edgebert.samples import SENTENCES
 
 INT8_FILE = "model.int8.onnx"
@@ -187,7 +182,7 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
         def build(target: Path, exclude: list[str]) -> None:
             quantize_static(source, target, ranges, keep_float=exclude)
 
-    search = _choose_float_nodes(fp32_path, build, teacher, texts, reference, config)
+    search = choose_float_nodes(fp32_path, build, teacher, texts, reference, config)
     search["sensitivity"]["measured_on"] = measured_on
     search["calibration_texts_sha256"] = texts_digest(texts)
     build(stage / INT8_FILE, search["kept_float"])
@@ -298,115 +293,6 @@ def _warn_if_no_answer_may_change(count: int, target: float) -> None:
 def texts_digest(texts: list[Any]) -> str:
     """What identifies calibration texts: their content, not the path they were read from."""
     return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-
-
-def _choose_float_nodes(
-    fp32: Path,
-    build: Callable[[Path, list[str]], None],
-    teacher: Predictor,
-    texts: list[Any],
-    reference: Any,
-    config: QuantizeConfig,
-) -> dict[str, Any]:
-    """Rank the FFN-output MatMuls by how close to fp32 the INT8 outputs come with that one node in
-    float (KL of the logits, or cosine distance), then keep the most sensitive in float: the fewest
-    that meet the target (accuracy on ``eval_data``, or for distill agreement on ``texts``), or a count."""
-    keep = config.keep_float if config.keep_float is not None or config.method == "distill" else 1
-    if keep == 0 and config.eval_data is None:
-        return {"kept_float": [], "sensitivity": {"divergence_if_kept_float": {}}}
-    candidates = [n for n in weight_matmuls(fp32)[0] if FFN_OUTPUT.search(n)] if keep != 0 else []
-    log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
-    with _prober(fp32, build, teacher, texts, config.method) as probe:
-        outputs = {node or "none": probe([node] if node else []) for node in [None, *candidates]}
-        scores = {name: divergence(teacher.task, reference, out) for name, out in outputs.items()}
-        ranked = sorted(candidates, key=scores.__getitem__)
-        found = {"sensitivity": {"divergence_if_kept_float": scores}}
-        if config.eval_data is None:
-            if keep is not None:
-                return {"kept_float": ranked[:keep], **found}
-            known = {0: outputs["none"], **({1: outputs[ranked[0]]} if ranked else {})}
-
-            def agreement(out: np.ndarray) -> float:
-                return fidelity(teacher.task, reference, out)["agreement"]
-
-            count, tried = _fewest_float(ranked, probe, agreement, config.target_agreement, known)
-            met = tried[-1]["figure"] >= config.target_agreement
-            log.info("%d MatMul(s) in float: agreement with fp32 %.4f", count, tried[-1]["figure"])
-            target = {"target": config.target_agreement, "met": met, "tried": tried}
-            return {"kept_float": ranked[:count], "agreement_target": target, **found}
-    budget = _accuracy_budget(fp32, build, teacher, ranked, config, config.eval_data)
-    return {**budget, **found}
-
-
-def _fewest_float(
-    ranking: list[str],
-    probe: Callable[[list[str]], np.ndarray],
-    figure: Callable[[np.ndarray], float],
-    goal: float,
-    known: dict[int, np.ndarray],
-) -> tuple[int, list[dict[str, float]]]:
-    """Return the most sensitive of ``ranking`` to float one at a time until ``figure`` of the INT8
-    outputs reaches ``goal`` (or all are float): the count, and the figure at each count tried.
-    ``known``: outputs already measured, by count."""
-    tried = []
-    for count in range(len(ranking) + 1):
-        value = figure(known[count] if count in known else probe(ranking[:count]))
-        tried.append({"float": count, "figure": value})
-        if value >= goal:
-            break
-    return count, tried
-
-
-@contextlib.contextmanager
-def _prober(
-    fp32: Path, build: Callable[[Path, list[str]], None], teacher: Predictor, texts: list[Any], method: str
-) -> Iterator[Callable[[list[str]], np.ndarray]]:
-    """A function that builds the INT8 model with the given nodes in float and returns its outputs
-    on ``texts``, batched as the Predictor will run it. The probe lives in the staging directory,
-    so that a killed export leaves none behind."""
-    with tempfile.TemporaryDirectory(prefix=".probe-", dir=fp32.parent) as tmp:
-        path = Path(tmp) / "probe.onnx"
-
-        def probe(exclude: list[str]) -> np.ndarray:
-            build(path, exclude)
-            return teacher.with_model(path).outputs(texts, batch_size=batch_size_for(method))[0]
-
-        yield probe
-
-
-def _accuracy_budget(
-    fp32: Path,
-    build: Callable[[Path, list[str]], None],
-    teacher: Predictor,
-    ranking: list[str],
-    config: QuantizeConfig,
-    eval_data: str,
-) -> dict[str, Any]:
-    """The fewest of ``ranking`` in float that hold accuracy on ``eval_data`` within
-    ``config.max_drop`` points of fp32's."""
-    examples = read_examples(eval_data)
-    labels = np.asarray(encode_labels(examples, teacher.labels))
-
-    def accuracy(out: np.ndarray) -> float:
-        return float(np.mean(out.argmax(-1) == labels))
-
-    fp32_accuracy = accuracy(teacher.with_model(fp32).outputs(examples.texts)[0])
-    goal = fp32_accuracy - config.max_drop / 100 - 1e-9
-    with _prober(fp32, build, teacher, examples.texts, config.method) as probe:
-        count, tried = _fewest_float(ranking, probe, accuracy, goal, {})
-    int8_accuracy = tried[-1]["figure"]
-    log.info("%d MatMul(s) in float: accuracy %.4f against fp32's %.4f", count, int8_accuracy, fp32_accuracy)
-    return {
-        "kept_float": ranking[:count],
-        "accuracy_budget": {
-            "eval_data": eval_data,
-            "fp32_accuracy": fp32_accuracy,
-            "int8_accuracy": int8_accuracy,
-            "max_drop_points": config.max_drop,
-            "met": int8_accuracy >= goal,
-            "tried": tried,
-        },
-    }
 
 
 def _quantize_dynamic(source: Path, target: Path, config: QuantizeConfig, exclude: list[str]) -> None:
