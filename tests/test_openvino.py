@@ -20,6 +20,7 @@ from edgebert.errors import EdgebertError
 from edgebert.quantizer import QuantizeConfig, quantize
 from edgebert.runtime import Predictor
 from edgebert.runtime.backends import openvino_default_precision
+from edgebert.runtime.predictor import DYNAMIC_INT8_ON_OPENVINO
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -317,14 +318,21 @@ def test_static_shapes_follow_the_dynamic_model(ov_bundle: Path) -> None:
 def test_dynamic_int8_on_openvino_is_not_padded(
     classify_bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # no IR in this bundle: by default OpenVINO runs its fp32 model, and says how to get INT8
+    # no IR in this bundle: by default OpenVINO runs its fp32 model, and says how to get INT8; not
+    # by running the ONNX dynamic INT8 model, which OpenVINO computes in float, more slowly
     assert Predictor(classify_bundle, backend="openvino").precision == "fp32"
-    assert "no OpenVINO INT8 model" in caplog.text and "precision int8" in caplog.text
-    # bench runs that model on OpenVINO too, as the Predictor does
+    assert "no OpenVINO INT8 model" in caplog.text and "precision int8" not in caplog.text
+    assert DYNAMIC_INT8_ON_OPENVINO not in caplog.text
+    # bench runs that model on OpenVINO too, as the Predictor does, and says what it computes in
     config = BenchConfig(devices=("openvino",), precisions=("int8",), batch_sizes=(1,), seq_lens=(8,))
     report = bench(str(classify_bundle), dataclasses.replace(config, threads=1, timing=QUICK, save=False))
     assert {(r["target"], r["model"]) for r in report["results"]} == {("openvino", "int8")}
+    assert all(r["inference_precision"].endswith(" from int8 weights") for r in report["results"])
+    named = [w.removesuffix(f": {DYNAMIC_INT8_ON_OPENVINO}") for w in report["warnings"]]
+    assert "openvino:int8" in ", ".join(named).split(", ")  # with openvino:int8@f32 where bf16 is the default
     # which runs the ONNX dynamic INT8 model, whose ranges would read padding
+    caplog.clear()
     predictor = Predictor(classify_bundle, backend="openvino", precision="int8")
+    assert DYNAMIC_INT8_ON_OPENVINO in caplog.text
     texts = ["the movie was really good", "bad"]
     assert predictor.precision == "int8" and predictor.encode(texts)[0]["input_ids"].shape[1] < 16

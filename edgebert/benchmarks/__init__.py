@@ -33,6 +33,7 @@ from edgebert.errors import BundleError, EdgebertError
 from edgebert.fidelity import fidelity
 from edgebert.runtime import BACKENDS, require_backend
 from edgebert.runtime.backends import openvino_default_precision
+from edgebert.runtime.predictor import DYNAMIC_INT8_ON_OPENVINO, dynamic_int8
 from edgebert.samples import SENTENCES
 
 __all__ = ["BenchConfig", "Timing", "bench"]
@@ -105,6 +106,8 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         art = bundle.manifest.artifacts[subject.model]
         precision = art.precision or "fp32"
         computed = measured.pop("inference_precision")
+        dequantized = subject.device == "openvino" and dynamic_int8(bundle, subject.model)  # see the warning
+        computes = f"{computed} from int8 weights" if dequantized else computes_in(precision, computed)
         for shape in measured.pop("shapes"):
             results.append(
                 {
@@ -112,7 +115,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
                     "target": subject.device,
                     "model": subject.model,
                     "precision": precision,
-                    "inference_precision": computes_in(precision, computed),
+                    "inference_precision": computes,
                     "static_shapes": subject.static_shapes,
                     "fp16_weights": art.made_by.get("weights") == "fp16",  # an IR's (--fp16-weights)
                     **shape,
@@ -136,7 +139,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         "system": system_info(),
         "results": results,
         "skipped": skipped,
-        "warnings": _warnings(results, config.timing),
+        "warnings": _openvino_dynamic(bundle, subjects) + _warnings(results, config.timing),
     }
     with locked(bundle.path) if config.save else nullcontext():  # not while a writer replaces it
         report["bundle_replaced"] = not bundle.unchanged()  # so its models are not the ones measured
@@ -234,6 +237,12 @@ def _describe(shapes: list[Shape]) -> str:
     if shapes[0][0] == "real":
         return f"{len(shapes[0][1])} real texts, one at a time"
     return ", ".join(f"batch {b} x {s} tokens" for b, s in shapes)
+
+
+def _openvino_dynamic(bundle: Bundle, subjects: dict[str, Subject]) -> list[str]:
+    """A warning naming the runs of an ONNX dynamic INT8 model on OpenVINO, if any."""
+    slow = [n for n, s in subjects.items() if s.device == "openvino" and dynamic_int8(bundle, s.model)]
+    return [f"{', '.join(slow)}: {DYNAMIC_INT8_ON_OPENVINO}"] if slow else []
 
 
 def _warnings(results: list[dict[str, Any]], timing: Timing) -> list[str]:
