@@ -311,7 +311,11 @@ def bench(
     help="OpenVINO: what the model's float operations compute in (default: the plugin's, bf16 on CPUs "
     "with AVX-512 BF16 or AMX; f32 is the most accurate).",
 )
-@click.option("--pair", is_flag=True, help="Read TEXTS two at a time as (text, text_pair) sentence pairs.")
+@click.option(
+    "--pair",
+    is_flag=True,
+    help="Sentence pairs: each text 'TEXT<tab>TEXT_PAIR' (a TSV line), or else TEXTS two at a time.",
+)
 @JSON
 @explained
 def predict(
@@ -335,15 +339,21 @@ def predict(
         if blank is not None and stdin.strip():
             raise click.BadParameter(
                 f"stdin line {blank + 1} is empty: one text a line"
-                + (", two lines a pair" if pair else ", so that answers line up with lines")
+                + (
+                    ", a pair a line (a tab between) or two lines a pair"
+                    if pair
+                    else ", so that answers line up with lines"
+                )
             )
         texts = tuple(line for line in lines if line.strip())
         if not texts:
             errors.print("warning: no texts on stdin: nothing to predict")
     items: list[Any] = list(texts)
-    if pair:
+    if pair and items and all(t.count("\t") == 1 for t in texts):  # as two columns of a TSV file
+        items = [tuple(t.split("\t")) for t in texts]
+    elif pair:
         if len(items) % 2:
-            raise click.BadParameter("--pair needs an even number of texts")
+            raise click.BadParameter("--pair needs a tab in every text, or an even number of texts")
         items = list(zip(items[::2], items[1::2], strict=True))
     predictor = Predictor(
         bundle, precision=precision, backend=backend, inference_precision=inference_precision

@@ -310,3 +310,10 @@ def test_pairs_from_stdin_do_not_shift(classify_bundle: Path) -> None:
     assert paired.exit_code == 0 and [r["text"] for r in json.loads(paired.stdout)] == [["q1 good", "q2 bad"]]
     table = CliRunner().invoke(main, ["predict", str(classify_bundle), "--pair", "q1 good", "q2 bad"])
     assert table.exit_code == 0 and "q1 good [SEP] q2 bad" in table.stdout
+    # a pair a line, tab between, as in a TSV file: the same answers as two lines a pair
+    lines = b"q1 good\tq2 bad\nx1 bad\tx2 good\n"
+    tabbed = CliRunner().invoke(main, ["predict", str(classify_bundle), "--pair", "--json"], input=lines)
+    two = b"q1 good\nq2 bad\nx1 bad\nx2 good\n"
+    stacked = CliRunner().invoke(main, ["predict", str(classify_bundle), "--pair", "--json"], input=two)
+    assert tabbed.exit_code == 0 and json.loads(tabbed.stdout) == json.loads(stacked.stdout)
+    assert [r["text"] for r in json.loads(tabbed.stdout)] == [["q1 good", "q2 bad"], ["x1 bad", "x2 good"]]
