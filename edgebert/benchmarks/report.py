@@ -189,6 +189,9 @@ def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
     return written
 
 
+LABEL_HEIGHTS = (6, -11, 17, -22)  # points above (+) or below (-) each point, by latency rank
+
+
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -208,20 +211,22 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     middle = (min(x for x, _ in points) + max(x for x, _ in points)) / 2
     rank = {i: n for n, i in enumerate(sorted(range(len(points)), key=lambda i: points[i]))}
     for i, (r, (x, y)) in enumerate(zip(results, points, strict=True)):
-        # neighbours (by latency) alternate above and below; labels right of the middle end at their point
+        # neighbours (by latency) take turns at four heights, above and below, so that a long label
+        # does not run into the next but one; labels right of the middle end at their point
         right = x > middle
         axes.annotate(
             f"{_model(r)} on {r['target']} ({r['inference_precision']})",
             (x, y),
             fontsize=7,
-            xytext=(-4 if right else 4, 6 if rank[i] % 2 == 0 else -11),
+            xytext=(-4 if right else 4, LABEL_HEIGHTS[rank[i] % len(LABEL_HEIGHTS)]),
             textcoords="offset points",
             ha="right" if right else "left",
         )
     first = results[0]
     axes.set_xlabel("p50 latency (ms)")
     axes.set_ylabel(metric)
-    axes.set_title(f"batch {first['batch_size']}, seq {first['seq_len']}")
+    shape = f"batch {first['batch_size']} × {first['seq_len']} tokens"
+    axes.set_title("real text, one at a time" if first["seq_len"] == "real" else shape)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()
