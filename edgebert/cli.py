@@ -35,6 +35,8 @@ from edgebert.cli_common import (
 from edgebert.cli_training import distill, pretrain, train
 from edgebert.tables import bundle_table, predictions_table
 
+DEVICES = ("cpu", "openvino", "gpu", "tensorrt")  # edgebert.runtime.BACKENDS' names, without importing it
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgebert")
@@ -250,6 +252,10 @@ def bench(
     from edgebert.errors import require
 
     devices_ = tuple(dict.fromkeys(d.strip() for d in devices.split(",")))
+    unknown = [d for d in devices_ if d not in DEVICES]
+    if unknown:
+        choose = f"choose from {', '.join(DEVICES)}"
+        raise click.BadParameter(f"{', '.join(unknown)}: {choose}", param_hint="--device")
     for name, option in (("batch_sizes", "--batch-size"), ("seq_lens", "--seq-len")):
         if real_text and given(name):
             raise click.BadParameter(
@@ -302,7 +308,7 @@ def bench(
 )
 @click.option(
     "--backend",
-    type=click.Choice(["cpu", "openvino", "gpu", "tensorrt"]),
+    type=click.Choice(DEVICES),
     help="Runtime (default: ONNX Runtime CPU, or OpenVINO for an OpenVINO IR --precision).",
 )
 @click.option(

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import requires_no_cuda_provider
-from edgebert.cli import main
+from edgebert.cli import DEVICES, main
+from edgebert.runtime import BACKENDS
 
 FAST = ["--min-runs", "3", "--min-seconds", "0", "--warmup", "1", "--threads", "1", "--no-save"]
 
@@ -294,6 +295,9 @@ def test_options_a_run_would_not_use_are_refused(
         assert unused.exit_code == 2 and reason in unused.stderr
     real = runner.invoke(main, ["bench", str(classify_bundle), "--real-text", "--batch-size", "8"])
     assert real.exit_code == 2 and "--real-text times one text per call" in real.stderr
+    tpu = runner.invoke(main, ["bench", str(classify_bundle), "--device", "cpu,tpu"])
+    assert tpu.exit_code == 2 and "tpu: choose from cpu, openvino" in " ".join(tpu.stderr.split())
+    assert set(DEVICES) == set(BACKENDS)  # the CLI's list, kept without importing the runtime
     both = ["--student", "x", "--student-layers", "1", "-o", str(tmp_path / "s")]
     distill = runner.invoke(main, ["distill", "--teacher", "x", "--data", data, "--eval", data, *both])
     assert distill.exit_code == 2 and "does not go with --student" in distill.stderr
