@@ -90,6 +90,17 @@ def test_one_line_documents_give_their_halves() -> None:
         assert (f"{a} {b}" in lines) == (label == 0) and (b in lines) == (label == 1)
 
 
+def test_a_table_given_as_corpus_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    table = tmp_path / "train.tsv"
+    table.write_text("sentence\tlabel\n" + "".join(f"text number {i}\t{i % 2}\n" for i in range(20)))
+    assert read_corpus(table) == [["sentence\tlabel", *(f"text number {i}\t{i % 2}" for i in range(20))]]
+    assert "looks like a table (its lines hold 1 tab(s) each" in caplog.text
+    caplog.clear()
+    prose = tmp_path / "prose.txt"
+    prose.write_text("a line of text\nanother, with a\ttab in it\nand a third\n")
+    assert len(read_corpus(prose)[0]) == 3 and "looks like a table" not in caplog.text
+
+
 def test_pretrain_learns_saves_and_fine_tunes(
     corpus: Path, tmp_path: Path, sentiment_files: tuple[Path, Path]
 ) -> None:

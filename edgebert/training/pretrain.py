@@ -60,6 +60,17 @@ def read_corpus(path: str | Path) -> list[list[str]]:
     documents = [d for d in documents if d]
     if sum(len(d) for d in documents) < 2:
         raise DataError(f"'{path}' needs at least two lines of text to pretrain on")
+    lines = [line for d in documents for line in d]
+    tabs = lines[0].count("\t")
+    if tabs and sum(line.count("\t") == tabs for line in lines) >= 0.9 * len(lines):
+        log.warning(
+            "'%s' looks like a table (its lines hold %d tab(s) each; the first: '%s'): pretraining reads "
+            "each whole line as text, every column and a header included; give it plain text, one "
+            "sentence or paragraph a line (e.g. `cut -f1 FILE | tail -n +2`)",
+            path,
+            tabs,
+            lines[0][:60],
+        )
     return documents
 
 
