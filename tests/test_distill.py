@@ -80,6 +80,8 @@ def test_distill_command_and_export(
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["steps"] == 4 and summary["student"]["ffn"] == {"kept": 48, "of": 128, "scored_on": 256}
+    # 4 steps of 32 read half the 256 texts: no pass of the teacher over all of them first
+    assert summary["teacher_logits"] == "from its pass over each training batch"
     assert json.loads((tmp_path / "s" / "config.json").read_text())["intermediate_size"] == 48
     exported = CliRunner().invoke(main, ["export", "-m", str(tmp_path / "s"), "-o", str(tmp_path / "b")])
     assert exported.exit_code == 0, exported.stderr
@@ -162,6 +164,28 @@ def _hidden_gap(teacher: Path, student: Path, texts: list[str]) -> float:
     return float(torch.nn.functional.mse_loss(ours, theirs))
 
 
+def test_the_teacher_s_logits_per_batch_are_those_computed_before(teacher: Path) -> None:
+    import copy
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from conftest import sentiment_rows
+    from edgebert.training.distill import _logits, _loss
+
+    model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    student = copy.deepcopy(model)
+    student.classifier.weight.data *= 0.5  # another model's logits, so that the soft loss is not 0
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    texts = [t for t, _ in sentiment_rows(16, 3)]
+    labels = torch.zeros(16, dtype=torch.long)
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"), labels=labels)
+    loss_of = _loss(model, DistillConfig(teacher=str(teacher), data="-", eval_data="-", alpha=1.0), [])
+    with torch.no_grad():
+        before = loss_of(student, {**batch, "teacher_logits": _logits(model, tokenizer, texts, 128)})
+        per_batch = loss_of(student, dict(batch))
+    assert float(before) > 1e-4 and float(per_batch) == pytest.approx(float(before), rel=1e-4)
+
+
 def test_hidden_state_and_attention_transfer(
     teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -175,6 +199,9 @@ def test_hidden_state_and_attention_transfer(
     texts = [t for t, _ in sentiment_rows(64, 11)]
     assert _hidden_gap(teacher, tmp_path / "t", texts) < _hidden_gap(teacher, tmp_path / "plain", texts)
     assert transfer["steps"] == plain["steps"]
+    # transfer runs the teacher on every batch anyway: its logits come from there
+    assert plain["teacher_logits"] == "computed before training"
+    assert transfer["teacher_logits"] == "from its pass over each training batch"
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(teacher)

@@ -54,11 +54,15 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     student, tokenizer, origin = _student(teacher, teacher_tokenizer, config, names)
     if config.student_ffn is not None:
         origin["ffn"] = _narrow_ffn(student, tokenizer, train_examples.texts, config)
-    log.info("computing the teacher's logits for the %d training texts", len(train_examples))
-    soft = _logits(teacher, teacher_tokenizer, train_examples.texts, config.max_length, desc="teacher logits")
     train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
-    for row, logits in zip(train_set, soft.tolist(), strict=True):
-        row["teacher_logits"] = logits
+    teacher_logits = "from its pass over each training batch"
+    if not _teacher_per_batch(config, len(train_set), tokenizer.get_vocab() == teacher_tokenizer.get_vocab()):
+        log.info("computing the teacher's logits for the %d training texts", len(train_examples))
+        texts = train_examples.texts
+        soft = _logits(teacher, teacher_tokenizer, texts, config.max_length, desc="teacher logits")
+        for row, logits in zip(train_set, soft.tolist(), strict=True):
+            row["teacher_logits"] = logits
+        teacher_logits = "computed before training"
     dev_set = encode_examples(tokenizer, dev_examples, names, config.max_length)
     loss_of = _loss(teacher, config, _transfer_map(teacher, student, tokenizer, teacher_tokenizer, config))
     with torch.no_grad():
@@ -71,11 +75,22 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
         "teacher_dev_accuracy": teacher_accuracy,
         "kept_of_teacher": result["dev_accuracy"] / teacher_accuracy if teacher_accuracy else None,
         "student": origin,
+        "teacher_logits": teacher_logits,
         "labels": list(names),
         "config": asdict(config),
     }
     save(out, student, tokenizer, summary, config.force)
     return summary
+
+
+def _teacher_per_batch(config: DistillConfig, texts: int, same_tokenizer: bool) -> bool:
+    """Whether the teacher's logits come from its pass over each training batch rather than from one
+    pass over the training texts before training: where it makes that pass anyway (hidden-state or
+    attention transfer), or where the run reads fewer texts than there are (``--max-steps``). Either
+    way needs the student's token ids to be the teacher's."""
+    transfer = bool(config.hidden_weight or config.attention_weight)
+    short = config.max_steps is not None and config.max_steps * config.batch_size < texts
+    return same_tokenizer and (transfer or short)
 
 
 def _transfer_map(
@@ -109,8 +124,15 @@ def _loss(teacher: Any, config: DistillConfig, layer_map: list[int]) -> Any:
     hidden, attention = bool(config.hidden_weight), bool(config.attention_weight)
 
     def loss_of(student: Any, inputs: dict[str, Any]) -> Any:
-        teacher_logits = inputs.pop("teacher_logits")
+        teacher_logits = inputs.pop("teacher_logits", None)  # None: from the teacher's pass below
         out = student(**inputs, output_hidden_states=hidden, output_attentions=attention)
+        if teacher_logits is None or layer_map:
+            features = {k: v for k, v in inputs.items() if k != "labels"}
+            with torch.no_grad():
+                theirs = teacher.to(inputs["input_ids"].device)(
+                    **features, output_hidden_states=hidden, output_attentions=attention
+                )
+            teacher_logits = theirs.logits.float() if teacher_logits is None else teacher_logits
         soft = F.kl_div(
             F.log_softmax(out.logits.float() / t, -1),
             F.log_softmax(teacher_logits / t, -1),
@@ -120,11 +142,6 @@ def _loss(teacher: Any, config: DistillConfig, layer_map: list[int]) -> Any:
         loss = config.alpha * t * t * soft + (1 - config.alpha) * out.loss
         if not layer_map:
             return loss
-        features = {k: v for k, v in inputs.items() if k != "labels"}
-        with torch.no_grad():
-            theirs = teacher.to(inputs["input_ids"].device)(
-                **features, output_hidden_states=hidden, output_attentions=attention
-            )
         if hidden:
             pairs = [(out.hidden_states[m], theirs.hidden_states[n]) for m, n in enumerate(layer_map)]
             loss = loss + config.hidden_weight * _mse(pairs)
