@@ -186,6 +186,31 @@ def test_the_teacher_s_logits_per_batch_are_those_computed_before(teacher: Path)
     assert float(before) > 1e-4 and float(per_batch) == pytest.approx(float(before), rel=1e-4)
 
 
+def test_a_short_run_resumed_after_sigkill_ends_with_the_same_student(
+    teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+    from test_kill import CLI, kill_when
+
+    # 12 steps of 8 read fewer than the 256 texts: the teacher's logits come batch by batch, also
+    # after a resume
+    train_file, dev_file = map(str, sentiment_files)
+    settings = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file, "student_layers": 1}
+    schedule = {"max_steps": 12, "batch_size": 8, "save_every": 3, "lr": 1e-3}
+    whole = distill(tmp_path / "whole", DistillConfig(**settings, **schedule))  # type: ignore[arg-type]
+    assert whole["teacher_logits"] == "from its pass over each training batch"
+    out = tmp_path / "cut"
+    command = [*CLI, "distill", "--teacher", str(teacher), "--data", train_file, "--eval", dev_file]
+    options = ["--student-layers", "1", "--max-steps", "12", "--batch-size", "8", "--save-every", "3"]
+    state = Path(f"{out}.resume") / "state.json"
+    assert kill_when([*command, *options, "--lr", "1e-3", "-o", str(out)], tmp_path, lambda _: state.exists())
+    assert 0 < json.loads(state.read_text())["run"]["step"] < 12
+    resumed = distill(out, DistillConfig(**settings, **schedule, resume=True))  # type: ignore[arg-type]
+    assert resumed["history"] == whole["history"]
+    ours, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+    assert all((ours[k] == theirs[k]).all() for k in theirs)
+
+
 def test_hidden_state_and_attention_transfer(
     teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
