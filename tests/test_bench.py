@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_no_cuda_provider
-from edgebert.benchmarks import BenchConfig, Timing, bench
+from edgebert.benchmarks import CPU_FP16, BenchConfig, Timing, bench
 from edgebert.benchmarks.latency import latency_stats, noisy
 from edgebert.benchmarks.report import caption, pareto
 from edgebert.errors import EdgebertError
@@ -169,6 +169,10 @@ def test_fp16_model_is_validated_and_left_to_gpus(tiny_classifier: Path, tmp_pat
     assert bundle.file("fp16").stat().st_size < 0.6 * bundle.file("fp32").stat().st_size
     report = bench(str(bundle.path), BenchConfig(batch_sizes=(1,), seq_lens=(8,), timing=QUICK, save=False))
     assert [r["model"] for r in report["results"]] == ["fp32"]  # ONNX Runtime CPU has no fast fp16
+    assert report["skipped"] == [f"cpu:fp16: {CPU_FP16}"]
+    # asked for alone, it is refused with that reason, not as if the bundle had no model for the CPU
+    with pytest.raises(EdgebertError, match=r"models asked for \(fp16\) runs on cpu; cpu:fp16: an fp16"):
+        bench(str(bundle.path), BenchConfig(precisions=("fp16",), timing=QUICK, save=False))
 
 
 def test_a_gpu_run_times_fp32_and_says_why_not_int8(classify_bundle: Path) -> None:

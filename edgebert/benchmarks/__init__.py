@@ -175,8 +175,8 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
         for name, art in models.items():
             named = name in wanted or (device == "openvino" and name.removeprefix("openvino-") in wanted)
             if not named or not _runs_on(device, name, art.file, art.precision, models):
-                if named and device == "cpu" and art.precision == "fp16":
-                    skipped.append(f"cpu:{name}: {CPU_FP16}")
+                if named and device in ("cpu", "openvino") and art.precision == "fp16":
+                    skipped.append(f"{device}:{name}: {CPU_FP16}")
                 continue
             if device in ("gpu", "tensorrt") and art.precision == "int8":
                 skipped.append(f"{device}:{name}: {GPU_INT8}")
@@ -189,9 +189,9 @@ def _subjects(bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Subject], 
                 static = Subject(bundle.path, name, device, static_shapes=config.static_shapes)
                 subjects[f"openvino:{name}@static"] = static
     if not subjects:
-        raise BundleError(
-            f"none of the bundle's models ({', '.join(models)}) runs on {', '.join(config.devices)}"
-        )
+        asked = f"the models asked for ({', '.join(wanted)})" if config.precisions else "the bundle's models"
+        why = "".join(f"; {reason}" for reason in skipped)  # such as an fp16 model on the CPU
+        raise BundleError(f"none of {asked} runs on {', '.join(config.devices)}{why}")
     return subjects, skipped
 
 
