@@ -97,6 +97,17 @@ def test_import_edgebert_is_light() -> None:
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+def test_the_public_verbs_resolve_and_are_listed(classify_bundle: Path) -> None:
+    import edgebert
+
+    assert dir(edgebert) == sorted(edgebert.__all__) and "load" in edgebert.__all__
+    assert all(callable(getattr(edgebert, name)) for name in edgebert.__all__ if name != "__version__")
+    with pytest.raises(AttributeError, match="no attribute 'calibrat'"):
+        edgebert.calibrat  # noqa: B018
+    # the runtime's verb stays torch-free
+    assert_torch_free(f"import edgebert; edgebert.load({str(classify_bundle)!r}).predict(['hello'])")
+
+
 def test_cpu_sessions_run_without_the_skip_layer_norm_fusion(classify_bundle: Path, tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort
