@@ -381,7 +381,10 @@ def _check_openvino_options(backend: str, inference_precision: str | None, stati
             if value
         ]
         if given:
-            raise InputError(f"{' and '.join(given)}: OpenVINO's options, not for backend '{backend}'")
+            raise InputError(
+                f"{' and '.join(given)}: OpenVINO's options, not for backend '{backend}': ask for backend "
+                "'openvino' (--backend openvino), or leave them out"
+            )
     elif inference_precision not in (None, "f32", "bf16", "f16"):
         raise InputError(f"inference_precision must be f32, bf16 or f16, not {inference_precision!r}")
 
