@@ -102,8 +102,8 @@ def test_the_public_verbs_resolve_and_are_listed(classify_bundle: Path) -> None:
 
     assert dir(edgebert) == sorted(edgebert.__all__) and "load" in edgebert.__all__
     assert all(callable(getattr(edgebert, name)) for name in edgebert.__all__ if name != "__version__")
-    with pytest.raises(AttributeError, match="no attribute 'calibrat'"):
-        edgebert.calibrat  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'no_such_verb'"):
+        edgebert.no_such_verb  # noqa: B018
     # the runtime's verb stays torch-free
     assert_torch_free(f"import edgebert; edgebert.load({str(classify_bundle)!r}).predict(['hello'])")
 
