@@ -100,14 +100,16 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         shapes = [("real", tuple(texts))]
     log.info("timing %s, taking turns, on %s", ", ".join(subjects), _describe(shapes))
     timed = measure_models(subjects, config.threads, shapes, config.timing)
+    # ONNX dynamic INT8 on OpenVINO: computed in float (DYNAMIC_INT8_ON_OPENVINO), said in a warning
+    dequantized = [n for n, s in subjects.items() if s.device == "openvino" and dynamic_int8(bundle, s.model)]
     results = []
     for label, subject in subjects.items():
         measured = timed[label]
         art = bundle.manifest.artifacts[subject.model]
         precision = art.precision or "fp32"
         computed = measured.pop("inference_precision")
-        dequantized = subject.device == "openvino" and dynamic_int8(bundle, subject.model)  # see the warning
-        computes = f"{computed} from int8 weights" if dequantized else computes_in(precision, computed)
+        in_float = label in dequantized
+        computes = f"{computed} from int8 weights" if in_float else computes_in(precision, computed)
         for shape in measured.pop("shapes"):
             results.append(
                 {
@@ -139,7 +141,7 @@ def bench(bundle_path: str, config: BenchConfig = BenchConfig()) -> dict[str, An
         "system": system_info(),
         "results": results,
         "skipped": skipped,
-        "warnings": _openvino_dynamic(bundle, subjects) + _warnings(results, config.timing),
+        "warnings": _warnings(results, config.timing, dequantized),
     }
     with locked(bundle.path) if config.save else nullcontext():  # not while a writer replaces it
         report["bundle_replaced"] = not bundle.unchanged()  # so its models are not the ones measured
@@ -239,14 +241,10 @@ def _describe(shapes: list[Shape]) -> str:
     return ", ".join(f"batch {b} x {s} tokens" for b, s in shapes)
 
 
-def _openvino_dynamic(bundle: Bundle, subjects: dict[str, Subject]) -> list[str]:
-    """A warning naming the runs of an ONNX dynamic INT8 model on OpenVINO, if any."""
-    slow = [n for n, s in subjects.items() if s.device == "openvino" and dynamic_int8(bundle, s.model)]
-    return [f"{', '.join(slow)}: {DYNAMIC_INT8_ON_OPENVINO}"] if slow else []
-
-
-def _warnings(results: list[dict[str, Any]], timing: Timing) -> list[str]:
-    warnings = []
+def _warnings(results: list[dict[str, Any]], timing: Timing, dequantized: list[str]) -> list[str]:
+    """What the report must say beside its figures: OpenVINO's runs of ONNX dynamic INT8
+    (``dequantized``), noisy rows, and rows that stopped short."""
+    warnings = [f"{', '.join(dequantized)}: {DYNAMIC_INT8_ON_OPENVINO}"] if dequantized else []
     noisy = [r["name"] for r in results if r["noisy"]]
     if noisy:
         warnings.append(

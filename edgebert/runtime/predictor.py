@@ -170,12 +170,10 @@ class Predictor:
         """``__init__``'s work: choose the bundle's model, load its tokenizer, open its sessions."""
         self.precision, self.backend = choose_model(self.bundle, precision, backend)
         _check_openvino_options(self.backend, settings.inference_precision, settings.static_shapes)
-        chosen = self.bundle.manifest.artifacts[self.precision]
-        method = chosen.made_by.get("method")
         # an ONNX dynamic INT8 model's ranges read the padding and the batch's other texts (see the
         # module docstring): no padding and one text a call for it (an IR is NNCF's, whose ranges are
         # static, though older bundles recorded it as made by "dynamic")
-        dynamic = method == "dynamic" and not chosen.file.endswith(".xml")
+        dynamic = dynamic_int8(self.bundle, self.precision)
         padding = 1 if dynamic else BACKENDS[self.backend].pad_to_multiple_of
         self.tokenizer = load_tokenizer(
             self.bundle.file("tokenizer"),
@@ -205,7 +203,7 @@ class Predictor:
         else:
             self.session = model()
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.batch_size = batch_size_for("dynamic" if dynamic else method)
+        self.batch_size = batch_size_for(self.bundle.manifest.artifacts[self.precision].made_by.get("method"))
 
     def with_model(self, path: Path | bytes, *, threads: int | None = None) -> Predictor:
         """A Predictor with this one's bundle and tokenizer running another ONNX model on ONNX Runtime
