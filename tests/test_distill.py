@@ -115,7 +115,7 @@ def test_a_narrower_ffn_keeps_the_neurons_that_add_to_the_output(
     train_file, dev_file = map(str, sentiment_files)
     width = int((~silent).sum())
     config = DistillConfig(teacher=str(teacher), data=train_file, eval_data=dev_file, student_ffn=width)
-    assert _narrow_ffn(model, tokenizer, texts, config) == {"kept": width, "of": 128, "scored_on": 32}
+    assert _narrow_ffn(model, tokenizer, texts, width, config) == {"kept": width, "of": 128, "scored_on": 32}
     assert model.config.intermediate_size == width
     assert model.bert.encoder.layer[0].output.dense.weight.shape[1] == width
     with torch.no_grad():

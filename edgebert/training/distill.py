@@ -53,10 +53,12 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_checkpoint.path)
     student, tokenizer, origin = _student(teacher, teacher_tokenizer, config, names)
     if config.student_ffn is not None:
-        origin["ffn"] = _narrow_ffn(student, tokenizer, train_examples.texts, config)
+        origin["ffn"] = _narrow_ffn(student, tokenizer, train_examples.texts, config.student_ffn, config)
     train_set = encode_examples(tokenizer, train_examples, names, config.max_length)
+    same_tokenizer = tokenizer.get_vocab() == teacher_tokenizer.get_vocab()  # the same token ids
+    layer_map = _transfer_map(teacher, student, same_tokenizer, config)  # refused here, before any pass
     teacher_logits = "from its pass over each training batch"
-    if not _teacher_per_batch(config, len(train_set), tokenizer.get_vocab() == teacher_tokenizer.get_vocab()):
+    if not _teacher_per_batch(config, len(train_set), same_tokenizer):
         log.info("computing the teacher's logits for the %d training texts", len(train_examples))
         texts = train_examples.texts
         soft = _logits(teacher, teacher_tokenizer, texts, config.max_length, desc="teacher logits")
@@ -64,7 +66,7 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
             row["teacher_logits"] = logits
         teacher_logits = "computed before training"
     dev_set = encode_examples(tokenizer, dev_examples, names, config.max_length)
-    loss_of = _loss(teacher, config, _transfer_map(teacher, student, tokenizer, teacher_tokenizer, config))
+    loss_of = _loss(teacher, config, layer_map)
     with torch.no_grad():
         teacher_accuracy = _accuracy(
             teacher, teacher_tokenizer, dev_examples.texts, dev_set, config.max_length
@@ -93,17 +95,14 @@ def _teacher_per_batch(config: DistillConfig, texts: int, same_tokenizer: bool) 
     return same_tokenizer and (transfer or short)
 
 
-def _transfer_map(
-    teacher: Any, student: Any, tokenizer: Any, teacher_tokenizer: Any, config: DistillConfig
-) -> list[int]:
+def _transfer_map(teacher: Any, student: Any, same_tokenizer: bool, config: DistillConfig) -> list[int]:
     """For hidden-state and attention transfer: the teacher layer each student layer learns from
     (index 0 is the embeddings). Needs the same tokenizer, hidden size and heads."""
     if not (config.hidden_weight or config.attention_weight):
         return []
     ours, theirs = student.config, teacher.config
     shape = ("hidden_size", "num_attention_heads")
-    same_vocab = tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
-    if any(getattr(ours, k) != getattr(theirs, k) for k in shape) or not same_vocab:
+    if any(getattr(ours, k) != getattr(theirs, k) for k in shape) or not same_tokenizer:
         raise ModelError(
             "hidden-state and attention transfer need a student with the teacher's tokenizer, hidden size "
             "and heads (e.g. --student-layers); set --hidden-weight and --attention-weight to 0"
@@ -190,8 +189,8 @@ def _student(
     return student, teacher_tokenizer, {"from": "teacher layers", "layers": kept}
 
 
-def _narrow_ffn(student: Any, tokenizer: Any, texts: list[Any], config: DistillConfig) -> dict:
-    """Keep ``config.student_ffn`` of each layer's FFN neurons: those with the largest mean
+def _narrow_ffn(student: Any, tokenizer: Any, texts: list[Any], width: int, config: DistillConfig) -> dict:
+    """Keep ``width`` of each layer's FFN neurons: those with the largest mean
     |activation| x norm of their output weights (the size of what each adds to the layer's output)
     over up to 512 training texts, each run alone so that no padding counts."""
     import random
@@ -199,8 +198,8 @@ def _narrow_ffn(student: Any, tokenizer: Any, texts: list[Any], config: DistillC
     import torch
     from transformers.pytorch_utils import prune_linear_layer
 
-    width, size, length = config.student_ffn, student.config.intermediate_size, config.max_length
-    if width is None or not 1 <= width <= size:
+    size, length = student.config.intermediate_size, config.max_length
+    if not 1 <= width <= size:
         raise ModelError(f"--student-ffn {width} must be 1..{size} (the student's FFN width)")
     layers = student.bert.encoder.layer
     sums = [torch.zeros(size) for _ in layers]
