@@ -23,19 +23,15 @@ from typing import Any
 
 import numpy as np
 from calibration import publish, subject_parser, wrap  # benchmarks/calibration.py
+from peers import REAL_TEXTS, TIMING, quality  # benchmarks/peers.py: the same timing rule and quality
 
-from edgebert.benchmarks import Timing
 from edgebert.benchmarks.latency import Subject, measure_models
 from edgebert.benchmarks.system import system_info
-from edgebert.bundle import Bundle
-from edgebert.data import encode_labels, read_examples, sample_examples
+from edgebert.data import read_examples, sample_examples
 from edgebert.exporter import ExportConfig, export
-from edgebert.fidelity import fidelity
 from edgebert.quantizer import QuantizeConfig, quantize
 from edgebert.runtime import Predictor
 
-TIMING = Timing(warmup=10, min_runs=100, min_seconds=3.0)
-REAL_TEXTS = 300
 # what ONNX Runtime's quantizer may turn into its QOperator form: the weight MatMuls alone, or
 # every operator it has a quantized form for (None: its default list)
 VARIANTS = {"QOperator, MatMul only": ["MatMul"], "QOperator, every operator it can": None}
@@ -57,8 +53,9 @@ def main() -> None:
             ),
         )
         optimized = ort_optimized(base / "model.onnx", work)
+        fp32 = Predictor(base, precision="fp32")
         texts = sample_examples(args.calibration, args.samples, seed=0).texts
-        feeds = [Predictor(base, precision="fp32").encode([text])[0] for text in texts]
+        feeds = [fp32.encode([text])[0] for text in texts]
         for name, op_types in VARIANTS.items():
             model = work / f"{len(bundles)}.onnx"
             began = time.perf_counter()
@@ -67,24 +64,17 @@ def main() -> None:
             bundles[name] = wrap(
                 base, work / f"bundle{len(bundles)}", {"int8": model}, {"tool": "quantize_static"}
             )
-        dev = read_examples(args.dev)
-        labels = np.asarray(encode_labels(dev, Bundle.load(base).manifest.labels or ()))
-        reference = Predictor(base, precision="fp32").outputs(dev.texts)[0]
-        for name, bundle in bundles.items():
-            precision = "fp32" if name == "fp32" else "int8"
-            outputs = Predictor(bundle, precision=precision, threads=args.threads).outputs(dev.texts)[0]
-            rows[name].update(
-                accuracy=float(np.mean(outputs.argmax(-1) == labels)),
-                agreement=fidelity("classify", reference, outputs)["agreement"],
-            )
         subjects = {n: Subject(b, "fp32" if n == "fp32" else "int8", "cpu") for n, b in bundles.items()}
+        for name, row in quality(subjects, args.dev, skip_accuracy=False).items():
+            rows[name].update(accuracy=row["accuracy"], agreement=row["agreement"])
+        dev = read_examples(args.dev)
         shapes = [(1, 128), (8, 128), ("real", tuple(dev.texts[:REAL_TEXTS]))]
         for name, result in measure_models(subjects, args.threads, shapes, TIMING).items():
             rows[name]["p50"] = {
                 str(s["batch_size"]) if s["seq_len"] != "real" else "real": s["latency_ms"]["p50"]
                 for s in result["shapes"]
             }
-    write(args, rows)
+    write(args, rows, len(dev.texts))
 
 
 def ort_optimized(model: Path, work: Path) -> Path:
@@ -156,14 +146,14 @@ def operators(model: Path) -> str:
     return ", ".join(f"{op} {n}" for op, n in counts.most_common() if op.startswith(("Q", "MatMulInteger")))
 
 
-def write(args: argparse.Namespace, rows: dict[str, dict[str, Any]]) -> None:
+def write(args: argparse.Namespace, rows: dict[str, dict[str, Any]], dev_texts: int) -> None:
     import onnxruntime
 
     ours = rows["edgebert static INT8 (distill)"]["p50"]
     lines = [
         "# ONNX Runtime's QOperator INT8 against edgebert's static INT8",
         "",
-        f"Model: `{args.model}`; accuracy: SST-2 dev ({len(read_examples(args.dev).texts)}). Calibration: {args.samples} "
+        f"Model: `{args.model}`; accuracy: SST-2 dev ({dev_texts}). Calibration: {args.samples} "
         f"texts drawn with seed 0 from `{args.calibration}`, the same for every INT8 model. Machine: "
         f"{system_info()['cpu']}, {args.threads} threads, onnxruntime {onnxruntime.__version__}. Command: "
         f"`.venv/bin/python benchmarks/qoperator.py --samples {args.samples} --threads {args.threads}` "
