@@ -57,11 +57,12 @@ def main() -> None:
     parser = subject_parser(__doc__.splitlines()[0])
     parser.add_argument("--bert-base", action="store_true", help="A bert-base-shaped model instead.")
     parser.add_argument("--student", help="A student of --model (benchmarks/student.py): measured too.")
+    parser.add_argument("--out", help="Default: benchmarks/results/peers[-bert-base].md.")
     args = parser.parse_args()
     if not PEERS_PYTHON.is_file():
         sys.exit("run `bash benchmarks/peers_env.sh` first: Optimum lives in .peers-venv")
     name = "peers-bert-base.md" if args.bert_base else "peers.md"
-    out = ROOT / "benchmarks" / "results" / name
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.bert_base:
@@ -481,6 +482,7 @@ def write(
         f" --samples {args.samples}" if args.samples != 512 else ""
     )
     flags += f" --student {args.student}" if args.student else ""
+    flags += f" --out {args.out}" if args.out else ""
     subject = (
         "a bert-base-shaped BERT classifier (12 layers, hidden 768; random weights, seed 0; accuracy meaningless, not shown)"
         if args.bert_base

@@ -21,7 +21,9 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,10 @@ from edgebert.atomic import staging, write_json
 from edgebert.bundle import Bundle, Manifest, artifact, read_manifest, sha256, write_manifest
 from edgebert.calibration import (
     STATIC_METHODS,
+    StaticInt8,
     bounds,
     collect_ranges,
-    quantize_static,
+    in_float,
     quiet_root_logger,
 )
 from edgebert.calibration.attention import fuse_attention, up_to_tokens
@@ -131,8 +134,7 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
     _large_blocks_back_to_the_os()
     started = time.perf_counter()
     fp32_path = stage / manifest.artifacts["fp32"].file
-    source = fp32_path  # the model quantized: distill may smooth it first, in ``work``
-    work = stage / ".smoothing"
+    work = stage / ".smoothing"  # distill may smooth the fp32 model first, here
     teacher = Predictor(Bundle(stage, manifest), precision="fp32")
     texts, measured_on = calibration_texts(config)
     if (
@@ -158,19 +160,27 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
             "activations": "uint8, ranges computed at run time",
         }
 
+        import onnx
+
+        dynamic = _quantize_dynamic(fp32_path, config)
+
         def build(target: Path, exclude: list[str]) -> None:
-            _quantize_dynamic(fp32_path, target, config, exclude)
+            model = onnx.ModelProto()
+            model.CopyFrom(dynamic)
+            in_float(model, fp32_path, exclude)
+            onnx.save(model, str(target))
 
     else:
         log.info("measuring activation ranges (%s) on %s", config.method, measured_on)
         if config.method == "distill":
             work.mkdir(exist_ok=True)
             smoothed = work / fp32_path.name
-            ranges, source, report = distill_ranges(fp32_path, teacher, texts, reference, smoothed=smoothed)
+            ranges, static, report = distill_ranges(fp32_path, teacher, texts, reference, smoothed=smoothed)
         else:
             feeds = (teacher.encode([t])[0] for t in texts)
             ranges = collect_ranges(fp32_path, feeds, [config.method])[config.method]
             report = {"ranges": bounds(ranges)}
+            static = StaticInt8(fp32_path, ranges)
         write_json(stage / CALIBRATION_FILE, {"method": config.method, "measured_on": measured_on, **report})
         made_by = {
             "tool": "onnxruntime.quantization.quantize_static (QDQ)",
@@ -180,7 +190,7 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
         }
 
         def build(target: Path, exclude: list[str]) -> None:
-            quantize_static(source, target, ranges, keep_float=exclude)
+            static.write(target, ranges, exclude)
 
     search = choose_float_nodes(fp32_path, build, teacher, texts, reference, config)
     search["sensitivity"]["measured_on"] = measured_on
@@ -295,20 +305,26 @@ def texts_digest(texts: list[Any]) -> str:
     return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
 
 
-def _quantize_dynamic(source: Path, target: Path, config: QuantizeConfig, exclude: list[str]) -> None:
+def _quantize_dynamic(source: Path, config: QuantizeConfig, exclude: Iterable[str] = ()) -> Any:
+    """ONNX Runtime's dynamic INT8 model of ``source`` (an ``onnx.ModelProto``), ``exclude`` in float.
+    The MatMuls to keep in float are then chosen on copies of it (``in_float``): ONNX Runtime's
+    per-channel weight quantization, a Python loop over the channels, runs once, not for every probe
+    (4.3 s a model for MiniLM on an AVX2 EPYC, 35 of the 39 s that quantizing took)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with quiet_root_logger():
+    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix=".dynamic-", dir=source.parent) as tmp:
         quantize_dynamic(
             source,
-            target,
+            Path(tmp) / "dynamic.onnx",
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
+            nodes_to_exclude=list(exclude),
             # the transformer optimizer's fused graph needs a default type for its contrib ops' weights
             extra_options={"DefaultTensorType": 1},
         )
+        return onnx.load(str(Path(tmp) / "dynamic.onnx"))
 
 
 def validated(stage: Path, manifest: Manifest, name: str, config: QuantizeConfig) -> Manifest:

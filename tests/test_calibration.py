@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ from conftest import sentiment_rows, write_tsv
 from edgebert.bundle import Bundle
 from edgebert.calibration.search import SMOOTHING_TOLERANCE
 from edgebert.cli import main
+from edgebert.errors import EdgebertError
 from edgebert.quantizer import QuantizeConfig, quantize
 from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
@@ -307,6 +309,90 @@ def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path
     assert set(derived) == set(measured) and readers <= set(measured)
     for name, value in measured.items():
         np.testing.assert_allclose(derived[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path: Path) -> None:
+    """``StaticInt8`` runs ONNX Runtime's quantizer on the whole model once, then sets the ranges, the
+    float MatMuls and the smoothed MatMuls itself: each model it makes gives the outputs of
+    ``quantize_static`` run on the whole model with those ranges, exclusions and smoothing, to the
+    last bit."""
+    from edgebert.calibration import (
+        STATIC_METHODS,
+        StaticInt8,
+        _integer_matmuls,
+        _quantize_static,
+        bounds,
+        collect_ranges,
+    )
+    from edgebert.calibration.search import _minmax
+    from edgebert.calibration.smoothing import channel_ranges, smooth, smoothable, smoothed_bounds, smoothings
+
+    bundle = Bundle.load(classify_bundle)
+    fp32 = bundle.file("fp32")
+    predictor = Predictor(bundle, precision="fp32")
+    feeds = [predictor.encode([t])[0] for t, _ in sentiment_rows(32, 6)]
+    texts = [t for t, _ in sentiment_rows(16, 7)]
+    ranges = collect_ranges(fp32, feeds, STATIC_METHODS)
+    inputs = smoothable(fp32)  # the FFN-output MatMuls
+    ffn_outputs = sorted(inputs)
+    assert len(ffn_outputs) == 2
+    static = StaticInt8(fp32, ranges["minmax"])
+    muls = [n.op_type for n in static.model(ranges["minmax"]).graph.node].count("Mul")
+
+    def same(made: onnx.ModelProto, source: Path, *args: Any) -> None:
+        reference = tmp_path / "reference.onnx"
+        _quantize_static(source, reference, *args)
+        model = onnx.load(str(reference))
+        _integer_matmuls(model)
+        _assert_same_model(predictor, made, model, texts)
+
+    for method, keep_float in [("minmax", []), ("entropy", ffn_outputs[:1]), ("percentile", ffn_outputs)]:
+        made = static.model(ranges[method], keep_float)
+        assert [n.op_type for n in made.graph.node].count("MatMulIntegerToFloat") == 12 - len(keep_float)
+        same(made, fp32, ranges[method], keep_float)
+    channels = channel_ranges(fp32, feeds, inputs.values())
+    (smoothing,) = smoothings(fp32, channels, [0.85])
+    one = {inputs[ffn_outputs[1]]: smoothing.factors[inputs[ffn_outputs[1]]]}
+    for factors, changed in [(smoothing.factors, ffn_outputs), (one, ffn_outputs[1:])]:
+        some = type(smoothing)(smoothing.alpha, factors)
+        smoothed = tmp_path / f"smoothed{len(changed)}.onnx"
+        smooth(fp32, smoothed, some)
+        smoothed_ranges = _minmax(smoothed_bounds(some, bounds(ranges["minmax"]), channels))
+        made = static.model_of(smoothed, smoothed_ranges, changed)
+        assert [n.op_type for n in made.graph.node].count("Mul") == muls + len(changed)
+        same(made, smoothed, smoothed_ranges)
+    with pytest.raises(EdgebertError, match="no node named nowhere"):
+        static.model(ranges["minmax"], ["nowhere"])
+
+
+def test_dynamic_int8_with_float_matmuls_is_quantize_dynamics(classify_bundle: Path) -> None:
+    """Dynamic INT8's probes copy ONNX Runtime's model of the whole graph and return MatMuls to float
+    (``in_float``): the outputs of ``quantize_dynamic`` told to exclude them, to the last bit."""
+    from edgebert.calibration import in_float
+    from edgebert.calibration.smoothing import smoothable
+    from edgebert.quantizer import _quantize_dynamic
+
+    bundle = Bundle.load(classify_bundle)
+    fp32 = bundle.file("fp32")
+    predictor = Predictor(bundle, precision="fp32")
+    texts = [t for t, _ in sentiment_rows(16, 7)]
+    ffn_outputs = sorted(smoothable(fp32))
+    whole = _quantize_dynamic(fp32, QuantizeConfig())
+    integer = [n.op_type for n in whole.graph.node].count("MatMulInteger")
+    for keep_float in ([], ffn_outputs[:1], ffn_outputs):
+        made = onnx.ModelProto()
+        made.CopyFrom(whole)
+        in_float(made, fp32, keep_float)
+        assert [n.op_type for n in made.graph.node].count("MatMulInteger") == integer - len(keep_float)
+        reference = _quantize_dynamic(fp32, QuantizeConfig(), keep_float)
+        _assert_same_model(predictor, made, reference, texts)
+
+
+def _assert_same_model(predictor: Predictor, made: Any, reference: Any, texts: list[str]) -> None:
+    """``made`` has ``reference``'s operators and gives its outputs on ``texts``, to the last bit."""
+    assert sorted(n.op_type for n in made.graph.node) == sorted(n.op_type for n in reference.graph.node)
+    expected, got = (predictor.with_model(m.SerializeToString()).outputs(texts)[0] for m in (reference, made))
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_calibrate_command(fp32_bundle: Path, sentiment_files: tuple[Path, Path], tmp_path: Path) -> None:

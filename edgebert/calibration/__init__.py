@@ -114,8 +114,170 @@ def collect_ranges(
             }
 
 
-def quantize_static(source: Path, target: Path, ranges: Any, *, keep_float: list[str]) -> None:
-    """Write the QDQ INT8 model of ``source`` with ``ranges`` (no calibration run here)."""
+class StaticInt8:
+    """Static INT8 models of one fp32 model: with any activation ranges, MatMuls in float, or the
+    inputs of some MatMuls smoothed.
+
+    ONNX Runtime's ``quantize_static`` runs once, with every weight MatMul quantized: its per-channel
+    weight quantization loops over the channels in Python (about 3 s a model for MiniLM on 2 cores),
+    which each of a distill calibration's 19 probes used to pay. Each model is then that QDQ graph
+    with its ``QuantizeLinear`` scales and zero points set for the ranges (as ONNX Runtime computes
+    them), its ``keep_float`` MatMuls computed in float again (``in_float``), and for a smoothed model
+    the smoothed MatMuls from ``quantize_static`` run on those MatMuls alone. A test holds each
+    model to the outputs of ``quantize_static`` on the whole model, bit for bit.
+    """
+
+    def __init__(self, source: Path, ranges: Any) -> None:
+        import onnx
+
+        self.source = source
+        with tempfile.TemporaryDirectory(prefix=".qdq-", dir=source.parent) as tmp:
+            _quantize_static(source, Path(tmp) / "qdq.onnx", ranges)
+            self.qdq = onnx.load(str(Path(tmp) / "qdq.onnx"))
+
+    def write(self, target: Path, ranges: Any, keep_float: Iterable[str] = ()) -> None:
+        """Write the INT8 model with ``ranges`` and the ``keep_float`` MatMuls in float to ``target``."""
+        import onnx
+
+        onnx.save(self.model(ranges, keep_float), str(target))
+
+    def model(self, ranges: Any, keep_float: Iterable[str] = ()) -> Any:
+        """The INT8 model (an ``onnx.ModelProto``) with ``ranges`` and the ``keep_float`` MatMuls in float."""
+        model = self._with_ranges(ranges)
+        in_float(model, self.source, keep_float)
+        _integer_matmuls(model)
+        return model
+
+    def model_of(self, other: Path, ranges: Any, changed: Iterable[str]) -> Any:
+        """The INT8 model of ``other``, the fp32 model with the inputs of the MatMuls ``changed``
+        smoothed, with ``ranges``: ONNX Runtime quantizes those MatMuls of ``other`` alone, and the
+        rest is this model's."""
+        import onnx
+
+        model = self._with_ranges(ranges)
+        if changed := list(changed):
+            with tempfile.TemporaryDirectory(prefix=".qdq-", dir=other.parent) as tmp:
+                _quantize_static(other, Path(tmp) / "qdq.onnx", ranges, only=changed)
+                donor = onnx.load(str(Path(tmp) / "qdq.onnx")).graph
+            fp32 = onnx.load(str(self.source), load_external_data=False).graph
+            _graft(model.graph, donor, _outputs_of(donor, changed), _tensors(fp32))
+        _integer_matmuls(model)
+        return model
+
+    def _with_ranges(self, ranges: Any) -> Any:
+        """A copy of the QDQ model with its activations quantized for ``ranges``."""
+        import onnx
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.qdq)
+        limits = bounds(ranges)
+        for name, quantizer in activation_quantizers(model, set(limits)).items():
+            set_range(quantizer, limits[name])
+        return model
+
+
+def in_float(model: Any, source: Path, names: Iterable[str]) -> None:
+    """Compute the MatMuls ``names`` of ``model``, an INT8 model of the fp32 model ``source`` (static
+    or dynamic), in float again, reading their fp32 input and weight, as ONNX Runtime's quantizers
+    leave the nodes they are told to exclude."""
+    import onnx
+
+    if names := list(names):
+        fp32 = onnx.load(str(source)).graph
+        _graft(model.graph, fp32, _outputs_of(fp32, names), _tensors(fp32))
+
+
+def _graft(graph: Any, donor: Any, outputs: list[str], fp32: set[str]) -> None:
+    """Compute the tensors ``outputs`` of ``graph`` as ``donor`` computes them. What makes them in
+    ``graph`` goes: their nodes, and the nodes that only those read back to tensors of the fp32 model
+    (``fp32``), with the initializers no other node reads; the donor's nodes and initializers that
+    make them from tensors ``graph`` keeps come in, before the first node that reads them."""
+    producer, readers = _links(graph.node)
+    if missing := [o for o in outputs if o not in producer]:
+        raise EdgebertError(f"the model computes no tensor {', '.join(missing)}")
+    leaving = {id(producer[o]) for o in outputs}
+    todo = [i for o in outputs for i in producer[o].input]
+    while todo:
+        tensor = todo.pop()
+        node = producer.get(tensor)
+        if node is None or tensor in fp32 or id(node) in leaving:
+            continue
+        if all(id(r) in leaving for o in node.output for r in readers.get(o, [])):
+            leaving.add(id(node))
+            todo.extend(node.input)
+    nodes = [n for n in graph.node if id(n) not in leaving]
+    read = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read]
+    have = {i.name for i in graph.input} | {i.name for i in kept} | {o for n in nodes for o in n.output}
+    made = {o: n for n in donor.node for o in n.output}
+    order = {o: k for k, n in enumerate(donor.node) for o in n.output}
+    initializers = {i.name: i for i in donor.initializer}
+    for output in outputs:
+        chain, todo = [], [output]
+        while todo:
+            tensor = todo.pop()
+            if tensor and tensor not in have:
+                have.add(tensor)
+                if tensor in initializers:
+                    kept.append(initializers[tensor])
+                else:
+                    chain.append(made[tensor])
+                    todo.extend(made[tensor].input)
+        at = next((k for k, n in enumerate(nodes) if output in n.input), len(nodes))
+        nodes[at:at] = sorted(chain, key=lambda n: order[n.output[0]])
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _outputs_of(graph: Any, names: list[str]) -> list[str]:
+    """The output of each of ``graph``'s nodes ``names``."""
+    outputs = {n.name: n.output[0] for n in graph.node if n.name in names}
+    if missing := [n for n in names if n not in outputs]:
+        raise EdgebertError(f"no node named {', '.join(missing)} in the model")
+    return [outputs[n] for n in names]
+
+
+def _tensors(graph: Any) -> set[str]:
+    """Every tensor of ``graph``: its inputs, initializers and node outputs."""
+    return (
+        {i.name for i in graph.input}
+        | {i.name for i in graph.initializer}
+        | {o for n in graph.node for o in n.output}
+    )
+
+
+def activation_quantizers(model: Any, calibrated: set[str]) -> dict[str, tuple[Any, Any]]:
+    """For each of the ``calibrated`` activations that ``model`` quantizes, its QuantizeLinear's scale
+    and zero-point tensors (the embedding tables' Gather outputs take their scale from the table
+    instead)."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    return {
+        node.input[0]: (initializers[node.input[1]], initializers[node.input[2]])
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[1] in initializers and node.input[0] in calibrated
+    }
+
+
+def set_range(quantizer: tuple[Any, Any], value_range: list[float]) -> None:
+    """Rewrite a u8 QuantizeLinear's scale and zero point for ``value_range`` (as ONNX Runtime
+    computes them: the range widened to hold 0)."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    scale_tensor, zero_tensor = quantizer
+    low, high = (np.float32(v) for v in value_range)
+    zero, scale = compute_scale_zp(low, high, np.uint8(0), np.uint8(255), symmetric=False)
+    scale_tensor.CopyFrom(numpy_helper.from_array(np.asarray(scale, dtype=np.float32), scale_tensor.name))
+    zero_tensor.CopyFrom(numpy_helper.from_array(np.asarray(zero, dtype=np.uint8), zero_tensor.name))
+
+
+def _quantize_static(
+    source: Path, target: Path, ranges: Any, keep_float: Iterable[str] = (), only: list[str] | None = None
+) -> None:
+    """ONNX Runtime's QDQ model of ``source``: every weight MatMul but ``keep_float`` and the
+    embedding tables, or the nodes ``only``."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static, save_tensors_data
 
     weights, activations = weight_matmuls(source)
@@ -135,6 +297,7 @@ def quantize_static(source: Path, target: Path, ranges: Any, *, keep_float: list
             reduce_range=False,
             op_types_to_quantize=["MatMul", "Gather"],  # Gather: the embedding tables, int8
             nodes_to_exclude=[*activations, *keep_float],
+            nodes_to_quantize=only,
             calibrate_method=ranges.calibration_method,
             calibration_cache_path=cache,
             extra_options={
@@ -143,11 +306,10 @@ def quantize_static(source: Path, target: Path, ranges: Any, *, keep_float: list
                 "WeightSymmetric": True,
             },
         )
-    _integer_matmuls(target)
 
 
-def _integer_matmuls(path: Path) -> None:
-    """Lower the QDQ graph to the INT8 kernels ONNX Runtime's CPU provider runs, bias included.
+def _integer_matmuls(model: Any) -> None:
+    """Lower ``model``'s QDQ graph to the INT8 kernels ONNX Runtime's CPU provider runs, bias included.
 
     Each quantized MatMul (DequantizeLinear of a quantized activation times DequantizeLinear of an
     int8 weight) and the bias Add after it become one ``MatMulIntegerToFloat``, as dynamic INT8's
@@ -156,10 +318,8 @@ def _integer_matmuls(path: Path) -> None:
     LayerNorm) gets the float tensor back: the QDQ quantizer routes it through DequantizeLinear,
     which would carry INT8 rounding from layer to layer where dynamic INT8 keeps them in float.
     """
-    import onnx
     from onnx import helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     producer, readers = _links(graph.node)
@@ -200,7 +360,6 @@ def _integer_matmuls(path: Path) -> None:
     _keep_live(graph, nodes)
     if all(o.domain != "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(path))
 
 
 def save_external(model: Any, path: Path, weights: str | None = None) -> None:

@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from edgebert.calibration import STATIC_METHODS, bounds, collect_ranges, quantize_static
+from edgebert.calibration import (
+    STATIC_METHODS,
+    StaticInt8,
+    activation_quantizers,
+    bounds,
+    collect_ranges,
+    set_range,
+)
 from edgebert.calibration.smoothing import (
     Smoothing,
     channel_ranges,
@@ -49,9 +56,9 @@ def distill_ranges(
     *,
     smoothed: Path,
     search_texts: int = 256,
-) -> tuple[Any, Path, dict[str, Any]]:
-    """Per-tensor ranges chosen by teacher-student divergence, the model they are for (``fp32``, or
-    ``smoothed`` written with the smoothing chosen) and a report of the search."""
+) -> tuple[Any, StaticInt8, dict[str, Any]]:
+    """Per-tensor ranges chosen by teacher-student divergence, the INT8 models of the fp32 model they
+    are for (``fp32``, or ``smoothed`` written with the smoothing chosen) and a report of the search."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -73,9 +80,9 @@ def distill_ranges(
         candidates = collect_ranges(source, feeds, STATIC_METHODS)
         limits = {method: bounds(ranges) for method, ranges in candidates.items()}
         collected = time.perf_counter() - started
-        probe = Path(tmp) / "probe.onnx"
-        quantize_static(source, probe, candidates["minmax"], keep_float=[])
-        model, quantizers = _quantizers(probe, set(limits["minmax"]))
+        int8 = StaticInt8(source, candidates["minmax"])
+        model = int8.model(candidates["minmax"])
+        quantizers = activation_quantizers(model, set(limits["minmax"]))
         chosen = {name: "minmax" for name in quantizers}
         before = best = score(model.SerializeToString())
         tried = 0
@@ -83,12 +90,12 @@ def distill_ranges(
             for method in STATIC_METHODS:
                 if method == chosen[name] or name not in limits[method]:
                     continue
-                _set_range(quantizers[name], limits[method][name])
+                set_range(quantizers[name], limits[method][name])
                 tried += 1
                 value = score(model.SerializeToString())
                 if value < best:
                     best, chosen[name] = value, method
-            _set_range(quantizers[name], limits[chosen[name]][name])
+            set_range(quantizers[name], limits[chosen[name]][name])
     picked = {name: limits[chosen.get(name, "minmax")][name] for name in limits["minmax"]}
     ranges = _minmax(picked)
     report = {
@@ -111,7 +118,7 @@ def distill_ranges(
             "total": round(time.perf_counter() - started, 1),
         },
     }
-    return ranges, source, report
+    return ranges, int8, report
 
 
 def _choose_smoothing(
@@ -125,18 +132,19 @@ def _choose_smoothing(
     if not inputs:
         return None, {}
     channels = channel_ranges(fp32, feeds, inputs.values())
-    unsmoothed = bounds(collect_ranges(fp32, feeds, ["minmax"])["minmax"])
+    minmax = collect_ranges(fp32, feeds, ["minmax"])["minmax"]
+    unsmoothed = bounds(minmax)
     options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, channels, ALPHAS)}}
-    smoothed, probe = tmp / "smoothed.onnx", tmp / "probe.onnx"
+    smoothed = tmp / "smoothed.onnx"
+    int8 = StaticInt8(fp32, minmax)
 
     def divergence_with(smoothing: Smoothing | None) -> float:
-        source = fp32
-        if smoothing is not None:
-            smooth(fp32, smoothed, smoothing)
-            source = smoothed
         ranges = _minmax(smoothed_bounds(smoothing, unsmoothed, channels))
-        quantize_static(source, probe, ranges, keep_float=[])
-        return score(probe)
+        if smoothing is None:
+            return score(int8.model(ranges).SerializeToString())
+        smooth(fp32, smoothed, smoothing)
+        changed = [node for node, tensor in inputs.items() if tensor in smoothing.factors]
+        return score(int8.model_of(smoothed, ranges, changed).SerializeToString())
 
     by_alpha = {label: divergence_with(smoothing) for label, smoothing in options.items()}
     label = min(by_alpha, key=by_alpha.__getitem__)
@@ -164,31 +172,3 @@ def _minmax(picked: dict[str, list[float]]) -> Any:
             for n, (low, high) in picked.items()
         },
     )
-
-
-def _quantizers(path: Path, calibrated: set[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:
-    """The model, and for each calibrated activation its QuantizeLinear's scale and zero-point
-    tensors (the embedding tables' Gather outputs take their scale from the table instead)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    initializers = {i.name: i for i in model.graph.initializer}
-    quantizers = {
-        node.input[0]: (initializers[node.input[1]], initializers[node.input[2]])
-        for node in model.graph.node
-        if node.op_type == "QuantizeLinear" and node.input[1] in initializers and node.input[0] in calibrated
-    }
-    return model, quantizers
-
-
-def _set_range(quantizer: tuple[Any, Any], value_range: list[float]) -> None:
-    """Rewrite a u8 QuantizeLinear's scale and zero point for ``value_range`` (as ONNX Runtime
-    computes them: the range widened to hold 0)."""
-    from onnx import numpy_helper
-    from onnxruntime.quantization.quant_utils import compute_scale_zp
-
-    scale_tensor, zero_tensor = quantizer
-    low, high = (np.float32(v) for v in value_range)
-    zero, scale = compute_scale_zp(low, high, np.uint8(0), np.uint8(255), symmetric=False)
-    scale_tensor.CopyFrom(numpy_helper.from_array(np.asarray(scale, dtype=np.float32), scale_tensor.name))
-    zero_tensor.CopyFrom(numpy_helper.from_array(np.asarray(zero, dtype=np.uint8), zero_tensor.name))
