@@ -309,7 +309,7 @@ def _quantize_dynamic(source: Path, config: QuantizeConfig, exclude: Iterable[st
     """ONNX Runtime's dynamic INT8 model of ``source`` (an ``onnx.ModelProto``), ``exclude`` in float.
     The MatMuls to keep in float are then chosen on copies of it (``in_float``): ONNX Runtime's
     per-channel weight quantization, a Python loop over the channels, runs once, not for every probe
-    (4.3 s a model for MiniLM on an AVX2 EPYC, 35 of the 39 s that quantizing took)."""
+    (about 3 s a run for MiniLM on an AVX2 EPYC: ``benchmarks/results/quantize-time.md``)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -119,12 +119,12 @@ class StaticInt8:
     inputs of some MatMuls smoothed.
 
     ONNX Runtime's ``quantize_static`` runs once, with every weight MatMul quantized: its per-channel
-    weight quantization loops over the channels in Python (about 3 s a model for MiniLM on 2 cores),
-    which each of a distill calibration's 19 probes used to pay. Each model is then that QDQ graph
-    with its ``QuantizeLinear`` scales and zero points set for the ranges (as ONNX Runtime computes
-    them), its ``keep_float`` MatMuls computed in float again (``in_float``), and for a smoothed model
-    the smoothed MatMuls from ``quantize_static`` run on those MatMuls alone. A test holds each
-    model to the outputs of ``quantize_static`` on the whole model, bit for bit.
+    weight quantization loops over the channels in Python (about 3 s a run for MiniLM on an AVX2
+    EPYC), which each of a distill calibration's 19 quantizations used to pay. Each model is then
+    that QDQ graph with its ``QuantizeLinear`` scales and zero points set for the ranges (as ONNX
+    Runtime computes them), its ``keep_float`` MatMuls computed in float again (``in_float``), and
+    for a smoothed model the smoothed MatMuls from ``quantize_static`` run on those MatMuls alone. A
+    test holds each model to the outputs of ``quantize_static`` on the whole model, bit for bit.
     """
 
     def __init__(self, source: Path, ranges: Any) -> None:
