@@ -131,6 +131,7 @@ class StaticInt8:
         import onnx
 
         self.source = source
+        self.fp32_tensors = _tensors(onnx.load(str(source), load_external_data=False).graph)
         with tempfile.TemporaryDirectory(prefix=".qdq-", dir=source.parent) as tmp:
             _quantize_static(source, Path(tmp) / "qdq.onnx", ranges)
             self.qdq = onnx.load(str(Path(tmp) / "qdq.onnx"))
@@ -159,8 +160,7 @@ class StaticInt8:
             with tempfile.TemporaryDirectory(prefix=".qdq-", dir=other.parent) as tmp:
                 _quantize_static(other, Path(tmp) / "qdq.onnx", ranges, only=changed)
                 donor = onnx.load(str(Path(tmp) / "qdq.onnx")).graph
-            fp32 = onnx.load(str(self.source), load_external_data=False).graph
-            _graft(model.graph, donor, _outputs_of(donor, changed), _tensors(fp32))
+            _graft(model.graph, donor, _outputs_of(donor, changed), self.fp32_tensors)
         _integer_matmuls(model)
         return model
 
