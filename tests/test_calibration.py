@@ -325,7 +325,14 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
         collect_ranges,
     )
     from edgebert.calibration.search import _minmax
-    from edgebert.calibration.smoothing import channel_ranges, smooth, smoothable, smoothed_bounds, smoothings
+    from edgebert.calibration.smoothing import (
+        Smoothing,
+        channel_ranges,
+        smooth,
+        smoothable,
+        smoothed_bounds,
+        smoothings,
+    )
 
     bundle = Bundle.load(classify_bundle)
     fp32 = bundle.file("fp32")
@@ -354,7 +361,7 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
     (smoothing,) = smoothings(fp32, channels, [0.85])
     one = {inputs[ffn_outputs[1]]: smoothing.factors[inputs[ffn_outputs[1]]]}
     for factors, changed in [(smoothing.factors, ffn_outputs), (one, ffn_outputs[1:])]:
-        some = type(smoothing)(smoothing.alpha, factors)
+        some = Smoothing(smoothing.alpha, factors)
         smoothed = tmp_path / f"smoothed{len(changed)}.onnx"
         smooth(fp32, smoothed, some)
         smoothed_ranges = _minmax(smoothed_bounds(some, bounds(ranges["minmax"]), channels))
