@@ -19,10 +19,27 @@ from click.testing import CliRunner
 
 from conftest import sentiment_rows, write_tsv
 from edgebert.bundle import Bundle
-from edgebert.calibration.search import SMOOTHING_TOLERANCE
+from edgebert.calibration import (
+    STATIC_METHODS,
+    StaticInt8,
+    _integer_matmuls,
+    _quantize_static,
+    bounds,
+    collect_ranges,
+    in_float,
+)
+from edgebert.calibration.search import SMOOTHING_TOLERANCE, _minmax
+from edgebert.calibration.smoothing import (
+    Smoothing,
+    channel_ranges,
+    smooth,
+    smoothable,
+    smoothed_bounds,
+    smoothings,
+)
 from edgebert.cli import main
 from edgebert.errors import EdgebertError
-from edgebert.quantizer import QuantizeConfig, quantize
+from edgebert.quantizer import QuantizeConfig, _quantize_dynamic, quantize
 from edgebert.runtime import Predictor
 from edgebert.samples import SENTENCES
 
@@ -275,19 +292,7 @@ def test_distill_calibration(fp32_bundle: Path, sentiment_files: tuple[Path, Pat
 def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from edgebert.calibration import bounds, collect_ranges
-    from edgebert.calibration.smoothing import (
-        channel_ranges,
-        smooth,
-        smoothable,
-        smoothed_bounds,
-        smoothings,
-    )
-
-    bundle = Bundle.load(classify_bundle)
-    fp32 = bundle.file("fp32")
-    predictor = Predictor(bundle, precision="fp32")
-    feeds = [predictor.encode([t])[0] for t, _ in sentiment_rows(32, 5)]
+    fp32, _, feeds = _fp32_model(classify_bundle, 5)
     inputs = smoothable(fp32)
     assert len(inputs) == 2 and all("output/dense/MatMul" in name for name in inputs)  # 2 layers
     channels = channel_ranges(fp32, feeds, inputs.values())
@@ -316,28 +321,7 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
     float MatMuls and the smoothed MatMuls itself: each model it makes gives the outputs of
     ``quantize_static`` run on the whole model with those ranges, exclusions and smoothing, to the
     last bit."""
-    from edgebert.calibration import (
-        STATIC_METHODS,
-        StaticInt8,
-        _integer_matmuls,
-        _quantize_static,
-        bounds,
-        collect_ranges,
-    )
-    from edgebert.calibration.search import _minmax
-    from edgebert.calibration.smoothing import (
-        Smoothing,
-        channel_ranges,
-        smooth,
-        smoothable,
-        smoothed_bounds,
-        smoothings,
-    )
-
-    bundle = Bundle.load(classify_bundle)
-    fp32 = bundle.file("fp32")
-    predictor = Predictor(bundle, precision="fp32")
-    feeds = [predictor.encode([t])[0] for t, _ in sentiment_rows(32, 6)]
+    fp32, predictor, feeds = _fp32_model(classify_bundle, 6)
     texts = [t for t, _ in sentiment_rows(16, 7)]
     ranges = collect_ranges(fp32, feeds, STATIC_METHODS)
     inputs = smoothable(fp32)  # the FFN-output MatMuls
@@ -375,13 +359,7 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
 def test_dynamic_int8_with_float_matmuls_is_quantize_dynamics(classify_bundle: Path) -> None:
     """Dynamic INT8's probes copy ONNX Runtime's model of the whole graph and return MatMuls to float
     (``in_float``): the outputs of ``quantize_dynamic`` told to exclude them, to the last bit."""
-    from edgebert.calibration import in_float
-    from edgebert.calibration.smoothing import smoothable
-    from edgebert.quantizer import _quantize_dynamic
-
-    bundle = Bundle.load(classify_bundle)
-    fp32 = bundle.file("fp32")
-    predictor = Predictor(bundle, precision="fp32")
+    fp32, predictor, _ = _fp32_model(classify_bundle, 6)
     texts = [t for t, _ in sentiment_rows(16, 7)]
     ffn_outputs = sorted(smoothable(fp32))
     whole = _quantize_dynamic(fp32, QuantizeConfig())
@@ -393,6 +371,13 @@ def test_dynamic_int8_with_float_matmuls_is_quantize_dynamics(classify_bundle: P
         assert [n.op_type for n in made.graph.node].count("MatMulInteger") == integer - len(keep_float)
         reference = _quantize_dynamic(fp32, QuantizeConfig(), keep_float)
         _assert_same_model(predictor, made, reference, texts)
+
+
+def _fp32_model(classify_bundle: Path, seed: int) -> tuple[Path, Predictor, list[dict[str, np.ndarray]]]:
+    """The tiny classifier's fp32 model, its Predictor and 32 sentences tokenized as feeds."""
+    predictor = Predictor(classify_bundle, precision="fp32")
+    feeds = [predictor.encode([t])[0] for t, _ in sentiment_rows(32, seed)]
+    return predictor.bundle.file("fp32"), predictor, feeds
 
 
 def _assert_same_model(predictor: Predictor, made: Any, reference: Any, texts: list[str]) -> None:
