@@ -94,15 +94,17 @@ def collect_ranges(
         session, names = calibrator.infer_session, sorted(calibrator.tensors_to_calibrate)
         del calibrator  # and its copy of the model
         outputs = [o.name for o in session.get_outputs()]
+        histograms = _Histograms([collectors[m] for m in methods if m in collectors])
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram collectors print as they go
             for feed in feeds:
                 values = dict(zip(outputs, session.run(None, feed), strict=True))
                 for name in names:
-                    low[name] = min(low.get(name, np.float32(np.inf)), values[name].min())
-                    high[name] = max(high.get(name, np.float32(-np.inf)), values[name].max())
-                for method in methods:
-                    if method in collectors:
-                        collectors[method].collect({name: [values[name]] for name in names})
+                    values[name] = values[name].ravel()
+                    smallest, largest = values[name].min(), values[name].max()
+                    low[name] = min(low.get(name, np.float32(np.inf)), smallest)
+                    high[name] = max(high.get(name, np.float32(-np.inf)), largest)
+                    histograms.add(name, values[name], max(abs(smallest), abs(largest)))
+            histograms.flush()
             if not low:
                 raise EdgebertError("no calibration text: nothing to measure activation ranges on")
             enums = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
@@ -112,6 +114,49 @@ def collect_ranges(
                 else TensorsData(enums[method], collectors[method].compute_collection_result())
                 for method in methods
             }
+
+
+class _Histograms:
+    """ONNX Runtime's ``HistogramCollector``s, given many texts' activations at a time where that makes
+    the same histograms as one text at a time, with far fewer numpy calls (about 200,000 for 1,024
+    texts one at a time: 40 s of a distill calibration on an AVX2 EPYC).
+
+    A collector histograms a batch on its current bins, which span [-threshold, threshold], unless
+    the batch reaches beyond them: then it widens them first. Each text that stays within a tensor's
+    bins waits in a buffer; one that reaches beyond them is given alone, after what waited (a
+    histogram on fixed bins is the sum of its parts'). Buffers are given when they hold about
+    ``limit`` bytes, so that memory stays bounded however many texts there are. A test holds the histograms
+    to the collector's own, one text at a time, bit for bit.
+    """
+
+    def __init__(self, collectors: list[Any], limit: int = 16 << 20) -> None:
+        self.collectors, self.limit, self.held = collectors, limit, 0
+        self.waiting: dict[tuple[int, str], list[np.ndarray]] = {}
+
+    def add(self, name: str, values: np.ndarray, threshold: np.floating) -> None:
+        """One text's activations of tensor ``name`` (flat), whose largest magnitude is ``threshold``."""
+        waits = False
+        for k, collector in enumerate(self.collectors):
+            known = collector.histogram_dict.get(name)
+            if known is not None and threshold <= known[4]:  # within the bins it has
+                self.waiting.setdefault((k, name), []).append(values)
+                waits = True
+            else:
+                self._give(k, name)
+                collector.collect({name: [values]})
+        self.held += values.nbytes if waits else 0  # (an upper bound: _give does not subtract)
+        if self.held > self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Give every collector what waits for it."""
+        for k, name in list(self.waiting):
+            self._give(k, name)
+        self.held = 0
+
+    def _give(self, k: int, name: str) -> None:
+        if waiting := self.waiting.pop((k, name), []):
+            self.collectors[k].collect({name: [np.concatenate(waiting)]})
 
 
 class StaticInt8:
@@ -127,14 +172,17 @@ class StaticInt8:
     test holds each model to the outputs of ``quantize_static`` on the whole model, bit for bit.
     """
 
-    def __init__(self, source: Path, ranges: Any) -> None:
+    def __init__(self, source: Path, ranges: Any, qdq: Any = None) -> None:
+        """``qdq``: ONNX Runtime's QDQ model of ``source``, when it is at hand (see ``smoothed``)."""
         import onnx
 
         self.source = source
         self.fp32_tensors = _tensors(onnx.load(str(source), load_external_data=False).graph)
-        with tempfile.TemporaryDirectory(prefix=".qdq-", dir=source.parent) as tmp:
-            _quantize_static(source, Path(tmp) / "qdq.onnx", ranges)
-            self.qdq = onnx.load(str(Path(tmp) / "qdq.onnx"))
+        if qdq is None:
+            with tempfile.TemporaryDirectory(prefix=".qdq-", dir=source.parent) as tmp:
+                _quantize_static(source, Path(tmp) / "qdq.onnx", ranges)
+                qdq = onnx.load(str(Path(tmp) / "qdq.onnx"))
+        self.qdq = qdq
 
     def write(self, target: Path, ranges: Any, keep_float: Iterable[str] = ()) -> None:
         """Write the INT8 model with ``ranges`` and the ``keep_float`` MatMuls in float to ``target``."""
@@ -149,20 +197,20 @@ class StaticInt8:
         _integer_matmuls(model)
         return model
 
-    def model_of(self, other: Path, ranges: Any, changed: Iterable[str]) -> Any:
-        """The INT8 model of ``other``, the fp32 model with the inputs of the MatMuls ``changed``
-        smoothed, with ``ranges``: ONNX Runtime quantizes those MatMuls of ``other`` alone, and the
-        rest is this model's."""
+    def smoothed(self, other: Path, ranges: Any, changed: Iterable[str]) -> StaticInt8:
+        """The static INT8 models of ``other``, the fp32 model with the inputs of the MatMuls
+        ``changed`` smoothed: ONNX Runtime quantizes those MatMuls of ``other`` alone (with
+        ``ranges``), and the rest is this model's."""
         import onnx
 
-        model = self._with_ranges(ranges)
+        qdq = onnx.ModelProto()
+        qdq.CopyFrom(self.qdq)
         if changed := list(changed):
             with tempfile.TemporaryDirectory(prefix=".qdq-", dir=other.parent) as tmp:
                 _quantize_static(other, Path(tmp) / "qdq.onnx", ranges, only=changed)
                 donor = onnx.load(str(Path(tmp) / "qdq.onnx")).graph
-            _graft(model.graph, donor, _outputs_of(donor, changed), self.fp32_tensors)
-        _integer_matmuls(model)
-        return model
+            _graft(qdq.graph, donor, _outputs_of(donor, changed), self.fp32_tensors)
+        return StaticInt8(other, ranges, qdq)
 
     def _with_ranges(self, ranges: Any) -> Any:
         """A copy of the QDQ model with its activations quantized for ``ranges``."""

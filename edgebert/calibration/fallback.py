@@ -40,25 +40,29 @@ def choose_float_nodes(
 ) -> dict[str, Any]:
     """Rank the FFN-output MatMuls by how close to fp32 the INT8 outputs come with that one node in
     float (KL of the logits, or cosine distance), then keep the most sensitive in float: the fewest
-    that meet the target (accuracy on ``eval_data``, or for distill agreement on ``texts``), or a count."""
+    that meet the target (accuracy on ``eval_data``, or for distill agreement on ``texts``), or a count.
+    An INT8 model that meets distill's agreement target as it is needs no ranking, and gets none."""
     keep = config.keep_float if config.keep_float is not None or config.method == "distill" else 1
     if keep == 0 and config.eval_data is None:
         return {"kept_float": [], "sensitivity": {"divergence_if_kept_float": {}}}
     candidates = [n for n in weight_matmuls(fp32)[0] if FFN_OUTPUT.search(n)] if keep != 0 else []
-    log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
+
+    def agreement(out: np.ndarray) -> float:
+        return fidelity(teacher.task, reference, out)["agreement"]
+
     with _prober(fp32, build, teacher, texts, config.method) as probe:
-        outputs = {node or "none": probe([node] if node else []) for node in [None, *candidates]}
+        outputs = {"none": probe([])}
+        to_target = keep is None and config.eval_data is None
+        if not (to_target and agreement(outputs["none"]) >= config.target_agreement):  # else none is fewest
+            log.info("measuring the sensitivity of %d FFN-output MatMuls", len(candidates))
+            outputs.update({node: probe([node]) for node in candidates})
         scores = {name: divergence(teacher.task, reference, out) for name, out in outputs.items()}
-        ranked = sorted(candidates, key=scores.__getitem__)
+        ranked = sorted((c for c in candidates if c in scores), key=scores.__getitem__)
         found = {"sensitivity": {"divergence_if_kept_float": scores}}
         if config.eval_data is None:
             if keep is not None:
                 return {"kept_float": ranked[:keep], **found}
             known = {0: outputs["none"], **({1: outputs[ranked[0]]} if ranked else {})}
-
-            def agreement(out: np.ndarray) -> float:
-                return fidelity(teacher.task, reference, out)["agreement"]
-
             count, tried = _fewest_float(ranked, probe, agreement, config.target_agreement, known)
             met = tried[-1]["figure"] >= config.target_agreement
             log.info("%d MatMul(s) in float: agreement with fp32 %.4f", count, tried[-1]["figure"])

@@ -71,16 +71,17 @@ def distill_ranges(
         return divergence(teacher.task, expected, student.outputs(subset)[0])
 
     with tempfile.TemporaryDirectory(prefix=".search-", dir=fp32.parent) as tmp:
-        smoothing, tried_smoothing = _choose_smoothing(fp32, feeds, Path(tmp), score)
+        smoothing, tried_smoothing, int8 = _choose_smoothing(fp32, feeds, Path(tmp), score)
         smoothing_seconds = time.perf_counter() - started
-        source = fp32
         if smoothing is not None:
             smooth(fp32, smoothed, smoothing)
-            source = smoothed
-        candidates = collect_ranges(source, feeds, STATIC_METHODS)
+        candidates = collect_ranges(smoothed if smoothing else fp32, feeds, STATIC_METHODS)
         limits = {method: bounds(ranges) for method, ranges in candidates.items()}
         collected = time.perf_counter() - started
-        int8 = StaticInt8(source, candidates["minmax"])
+        if smoothing is not None and int8 is not None:
+            int8 = int8.smoothed(smoothed, candidates["minmax"], smoothing.matmuls(smoothable(fp32)))
+        elif int8 is None:
+            int8 = StaticInt8(fp32, candidates["minmax"])
         model = int8.model(candidates["minmax"])
         quantizers = activation_quantizers(model, set(limits["minmax"]))
         chosen = {name: "minmax" for name in quantizers}
@@ -123,42 +124,44 @@ def distill_ranges(
 
 def _choose_smoothing(
     fp32: Path, feeds: list[dict[str, np.ndarray]], tmp: Path, score: Callable[[Any], float]
-) -> tuple[Smoothing | None, dict[str, Any]]:
+) -> tuple[Smoothing | None, dict[str, Any], StaticInt8 | None]:
     """The smoothing of the FFN-output MatMuls whose INT8 model (minmax ranges) is closest to the
-    teacher (None: the unsmoothed one is), and what was tried. The strength is chosen first; then,
-    one MatMul at a time, a smoothing is dropped where the student stays as close to the teacher
-    without it (``SMOOTHING_TOLERANCE``), so that no ``Mul`` is paid for where it does not help."""
+    teacher (None: the unsmoothed one is), what was tried, and the unsmoothed model's ``StaticInt8``
+    (None: there is nothing to smooth).
+    The strength is chosen first; then, one MatMul at a time, a smoothing is dropped where the
+    student stays as close to the teacher without it (``SMOOTHING_TOLERANCE``), so that no ``Mul``
+    is paid for where it does not help."""
     inputs = smoothable(fp32)
     if not inputs:
-        return None, {}
+        return None, {}, None
     channels = channel_ranges(fp32, feeds, inputs.values())
     minmax = collect_ranges(fp32, feeds, ["minmax"])["minmax"]
+    int8 = StaticInt8(fp32, minmax)
     unsmoothed = bounds(minmax)
     options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, channels, ALPHAS)}}
     smoothed = tmp / "smoothed.onnx"
-    int8 = StaticInt8(fp32, minmax)
 
     def divergence_with(smoothing: Smoothing | None) -> float:
         ranges = _minmax(smoothed_bounds(smoothing, unsmoothed, channels))
         if smoothing is None:
             return score(int8.model(ranges).SerializeToString())
         smooth(fp32, smoothed, smoothing)
-        changed = [node for node, tensor in inputs.items() if tensor in smoothing.factors]
-        return score(int8.model_of(smoothed, ranges, changed).SerializeToString())
+        model = int8.smoothed(smoothed, ranges, smoothing.matmuls(inputs)).model(ranges)
+        return score(model.SerializeToString())
 
     by_alpha = {label: divergence_with(smoothing) for label, smoothing in options.items()}
     label = min(by_alpha, key=by_alpha.__getitem__)
     chosen, best = options[label], by_alpha[label]
     tried: dict[str, Any] = {"divergence_by_alpha": by_alpha, "divergence_without": {}}
     if chosen is None:
-        return None, {**tried, "divergence": best}
+        return None, {**tried, "divergence": best}, int8
     bound = best * (1 + SMOOTHING_TOLERANCE)
     for name in sorted(chosen.factors):
         fewer = Smoothing(chosen.alpha, {k: v for k, v in chosen.factors.items() if k != name})
         tried["divergence_without"][name] = value = divergence_with(fewer)
         if value <= bound:
             chosen, best = fewer, value
-    return (chosen if chosen.factors else None), {**tried, "divergence": best}
+    return (chosen if chosen.factors else None), {**tried, "divergence": best}, int8
 
 
 def _minmax(picked: dict[str, list[float]]) -> Any:

@@ -38,6 +38,10 @@ class Smoothing:
         """The name of ``name`` divided by its factors, the tensor the MatMul quantizes."""
         return name + SUFFIX
 
+    def matmuls(self, inputs: dict[str, str]) -> list[str]:
+        """The MatMuls of ``inputs`` (``smoothable``'s {node: input}) whose input this divides."""
+        return [node for node, tensor in inputs.items() if tensor in self.factors]
+
 
 def smoothable(model_path: Path) -> dict[str, str]:
     """The FFN-output MatMuls that can be smoothed: {node name: input tensor} for those whose input
