@@ -39,6 +39,7 @@ def main() -> None:
     )
     parser.add_argument("--methods", default="dynamic,distill")
     parser.add_argument("--rounds", type=int, default=1, help="Runs of each method and tree.")
+    parser.add_argument("--out", default="quantize-time.md", help="Its name in benchmarks/results/.")
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in args.tree or [ROOT]]
     methods = args.methods.split(",")
@@ -108,7 +109,8 @@ def write(
         "",
         f"Model: `{args.model}`; calibration: {args.samples} texts of `{args.calibration}` (seed 0). "
         f"Machine: {info['cpu']} ({', '.join(info['instruction_sets'])}), {os.cpu_count()} cores. Command: `.venv/bin/python benchmarks/quantize_time.py "
-        f"{flags} --methods {args.methods} --rounds {args.rounds}` ({time.strftime('%Y-%m-%d')}).",
+        f"{flags} --methods {args.methods} --rounds {args.rounds} --samples {args.samples} --out {args.out}` "
+        f"({time.strftime('%Y-%m-%d')}).",
         "",
         "Each quantization in its own process on its own copy of the fp32 bundle, the trees taking turns; "
         f"seconds: the median of {args.rounds} run(s) (each run in brackets), `quantize` alone (the export is not "
@@ -130,7 +132,7 @@ def write(
                 f"| {method} | {tree.name} ({_commit(tree)}) | {median(seconds):.1f} ({each}) | "
                 f"{median(seconds) / first:.2f}× | {peak:.0f} | {same} |"
             )
-    publish("quantize-time.md", lines)
+    publish(args.out, lines)
 
 
 if __name__ == "__main__":
