@@ -88,6 +88,45 @@ def test_runtime_never_imports_torch(classify_bundle: Path) -> None:
     )
 
 
+def test_the_base_install_is_enough_to_predict(classify_bundle: Path, embed_bundle: Path) -> None:
+    """With none of the packages that only edgebert's extras bring (the command line's click, rich
+    and psutil, torch, onnx, openvino...), the runtime loads bundles and predicts, and the
+    ``edgebert`` command says what to install for it."""
+    import re
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+
+    def module(requirement: str) -> str:
+        return re.split(r"[\[<>=~! ]", requirement)[0].replace("-", "_").lower()
+
+    base = {module(r) for r in project["dependencies"]}
+    assert base == {"onnxruntime", "tokenizers", "numpy"}
+    extras = {module(r) for rs in project["optional-dependencies"].values() for r in rs}
+    absent = sorted(extras - base - {"edgebert"})
+    assert {"click", "rich", "psutil", "torch", "onnx", "openvino"} <= set(absent)
+    without = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] in {absent!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+    )
+    for bundle in (classify_bundle, embed_bundle):
+        code = without + f"import edgebert; print(len(edgebert.load({str(bundle)!r}).predict(['hello'])))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+    code = without + "from edgebert.__main__ import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and not done.stdout, done.stderr
+    assert done.stderr.strip() == (
+        "Error: edgebert's command line needs the Python package 'click': install edgebert's 'cli' extra "
+        "(pip install '.[cli]' in edgebert's source directory)"
+    )
+
+
 def test_import_edgebert_is_light() -> None:
     code = (
         "import sys, edgebert, edgebert.cli; "
