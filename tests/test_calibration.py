@@ -345,7 +345,7 @@ def test_histograms_of_many_texts_at_a_time_are_one_texts_at_a_times() -> None:
             if name == "zeros" and text > 100:
                 values[0] = 5.0  # a range that starts at 0, then opens
             if rng.random() < 0.03:
-                values[0] *= 30  # an outlier: the bins widen
+                values[0] *= 4  # an outlier: the bins widen
                 widened += 1
             for collector in alone:
                 collector.collect({name: [values.reshape(1, -1)]})
@@ -357,10 +357,10 @@ def test_histograms_of_many_texts_at_a_time_are_one_texts_at_a_times() -> None:
         for name, expected in one.histogram_dict.items():
             for a, b in zip(expected, many.histogram_dict[name], strict=True):
                 np.testing.assert_array_equal(a, b)
-        assert bounds_of(one) == bounds_of(many)
+        assert _bounds_of(one) == _bounds_of(many)
 
 
-def bounds_of(collector: Any) -> dict[str, list[Any]]:
+def _bounds_of(collector: Any) -> dict[str, list[Any]]:
     with contextlib.redirect_stdout(io.StringIO()):
         return {
             n: [np.asarray(x).tolist() for x in v] for n, v in collector.compute_collection_result().items()

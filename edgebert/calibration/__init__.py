@@ -125,8 +125,8 @@ class _Histograms:
     the batch reaches beyond them: then it widens them first. Each text that stays within a tensor's
     bins waits in a buffer; one that reaches beyond them is given alone, after what waited (a
     histogram on fixed bins is the sum of its parts'). Buffers are given when they hold about
-    ``limit`` bytes, so that memory stays bounded however many texts there are. A test holds the histograms
-    to the collector's own, one text at a time, bit for bit.
+    ``limit`` bytes, so that memory stays bounded however many texts there are. A test holds the
+    histograms to the collector's own, one text at a time, bit for bit.
     """
 
     def __init__(self, collectors: list[Any], limit: int = 16 << 20) -> None:

@@ -78,10 +78,10 @@ def distill_ranges(
         candidates = collect_ranges(smoothed if smoothing else fp32, feeds, STATIC_METHODS)
         limits = {method: bounds(ranges) for method, ranges in candidates.items()}
         collected = time.perf_counter() - started
-        if smoothing is not None and int8 is not None:
-            int8 = int8.smoothed(smoothed, candidates["minmax"], smoothing.matmuls(smoothable(fp32)))
-        elif int8 is None:
+        if int8 is None:  # nothing to smooth
             int8 = StaticInt8(fp32, candidates["minmax"])
+        elif smoothing is not None:
+            int8 = int8.smoothed(smoothed, candidates["minmax"], smoothing.matmuls(smoothable(fp32)))
         model = int8.model(candidates["minmax"])
         quantizers = activation_quantizers(model, set(limits["minmax"]))
         chosen = {name: "minmax" for name in quantizers}
@@ -127,10 +127,9 @@ def _choose_smoothing(
 ) -> tuple[Smoothing | None, dict[str, Any], StaticInt8 | None]:
     """The smoothing of the FFN-output MatMuls whose INT8 model (minmax ranges) is closest to the
     teacher (None: the unsmoothed one is), what was tried, and the unsmoothed model's ``StaticInt8``
-    (None: there is nothing to smooth).
-    The strength is chosen first; then, one MatMul at a time, a smoothing is dropped where the
-    student stays as close to the teacher without it (``SMOOTHING_TOLERANCE``), so that no ``Mul``
-    is paid for where it does not help."""
+    (None: there is nothing to smooth). The strength is chosen first; then, one MatMul at a time, a
+    smoothing is dropped where the student stays as close to the teacher without it
+    (``SMOOTHING_TOLERANCE``), so that no ``Mul`` is paid for where it does not help."""
     inputs = smoothable(fp32)
     if not inputs:
         return None, {}, None
