@@ -75,6 +75,7 @@ def distill_ranges(
         smoothing_seconds = time.perf_counter() - started
         if smoothing is not None:
             smooth(fp32, smoothed, smoothing)
+        log.info("measuring every quantized tensor's range by %s", ", ".join(STATIC_METHODS))
         candidates = collect_ranges(smoothed if smoothing else fp32, feeds, STATIC_METHODS)
         limits = {method: bounds(ranges) for method, ranges in candidates.items()}
         collected = time.perf_counter() - started
@@ -133,6 +134,11 @@ def _choose_smoothing(
     inputs = smoothable(fp32)
     if not inputs:
         return None, {}, None
+    log.info(
+        "choosing the smoothing of %d FFN-output MatMuls' inputs: strength %s or none, then each without",
+        len(inputs),
+        ", ".join(map(str, ALPHAS)),
+    )
     channels = channel_ranges(fp32, feeds, inputs.values())
     minmax = collect_ranges(fp32, feeds, ["minmax"])["minmax"]
     int8 = StaticInt8(fp32, minmax)
