@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import median
 
 import numpy as np
-from calibration import QUANTIZE, ROOT, publish, subject_parser  # benchmarks/calibration.py
+from calibration import QUANTIZE, ROOT, bert_base, publish, subject_parser  # benchmarks/calibration.py
 
 from edgebert.benchmarks.system import system_info
 from edgebert.data import read_examples
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--methods", default="dynamic,distill")
     parser.add_argument("--rounds", type=int, default=1, help="Runs of each method and tree.")
     parser.add_argument("--out", default="quantize-time.md", help="Its name in benchmarks/results/.")
+    parser.add_argument("--bert-base", action="store_true", help="A bert-base-shaped model instead.")
     args = parser.parse_args()
     trees = [Path(t).resolve() for t in args.tree or [ROOT]]
     methods = args.methods.split(",")
@@ -47,6 +48,8 @@ def main() -> None:
     texts = read_examples(args.dev).texts
     outputs: dict[tuple[str, Path], np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.bert_base:
+            args.model = bert_base(args.model, Path(tmp) / "bert-base")
         base = Path(tmp) / "fp32"
         cli = [sys.executable, "-m", "edgebert.cli", "-q"]
         subprocess.run([*cli, "export", "-m", args.model, "-o", str(base)], check=True)
@@ -103,13 +106,19 @@ def write(
     count: int,
 ) -> None:
     info = system_info()
+    subject = (
+        "a bert-base-shaped BERT classifier (12 layers, hidden 768; random weights, seed 0)"
+        if args.bert_base
+        else f"`{args.model}`"
+    )
     flags = " ".join(f"--tree {t}" for t in trees)
     lines = [
         "# Time to quantize",
         "",
-        f"Model: `{args.model}`; calibration: {args.samples} texts of `{args.calibration}` (seed 0). "
+        f"Model: {subject}; calibration: {args.samples} texts of `{args.calibration}` (seed 0). "
         f"Machine: {info['cpu']} ({', '.join(info['instruction_sets'])}), {os.cpu_count()} cores. Command: `.venv/bin/python benchmarks/quantize_time.py "
-        f"{flags} --methods {args.methods} --rounds {args.rounds} --samples {args.samples} --out {args.out}` "
+        f"{flags} --methods {args.methods} --rounds {args.rounds} --samples {args.samples} --out {args.out}"
+        f"{' --bert-base' if args.bert_base else ''}` "
         f"({time.strftime('%Y-%m-%d')}).",
         "",
         "Each quantization in its own process on its own copy of the fp32 bundle, the trees taking turns; "
