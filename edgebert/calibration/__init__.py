@@ -212,6 +212,20 @@ class StaticInt8:
             _graft(qdq.graph, donor, _outputs_of(donor, changed), self.fp32_tensors)
         return StaticInt8(other, ranges, qdq)
 
+    @contextlib.contextmanager
+    def parked(self, directory: Path) -> Iterator[None]:
+        """Keep the QDQ graph in a file in ``directory`` rather than in memory meanwhile (while a
+        pass over the calibration texts holds a model and its activations, say)."""
+        import onnx
+
+        path = directory / "parked.onnx"
+        save_external(self.qdq, path)
+        self.qdq = None
+        try:
+            yield
+        finally:
+            self.qdq = onnx.load(str(path))
+
     def _with_ranges(self, ranges: Any) -> Any:
         """A copy of the QDQ model with its activations quantized for ``ranges``."""
         import onnx

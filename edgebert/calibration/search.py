@@ -13,6 +13,7 @@ closest to the teacher, or not at all when none does, and only where it brings i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -76,7 +77,8 @@ def distill_ranges(
         if smoothing is not None:
             smooth(fp32, smoothed, smoothing)
         log.info("measuring every quantized tensor's range by %s", ", ".join(STATIC_METHODS))
-        candidates = collect_ranges(smoothed if smoothing else fp32, feeds, STATIC_METHODS)
+        with int8.parked(Path(tmp)) if int8 else contextlib.nullcontext():  # the pass's memory peak
+            candidates = collect_ranges(smoothed if smoothing else fp32, feeds, STATIC_METHODS)
         limits = {method: bounds(ranges) for method, ranges in candidates.items()}
         collected = time.perf_counter() - started
         if int8 is None:  # nothing to smooth
