@@ -64,10 +64,15 @@ def weight_matmuls(model_path: Path) -> tuple[list[str], list[str]]:
 
 
 def collect_ranges(
-    model_path: Path, feeds: Iterable[dict[str, np.ndarray]], methods: Iterable[str]
+    model_path: Path,
+    feeds: Iterable[dict[str, np.ndarray]],
+    methods: Iterable[str],
+    channels: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The ranges of every MatMul input over ``feeds`` by each of ``methods`` (an
-    ``onnxruntime.quantization.TensorsData`` each), from one pass over the feeds, one at a time."""
+    ``onnxruntime.quantization.TensorsData`` each), from one pass over the feeds, one at a time.
+    With ``channels`` (MatMul inputs), also the smallest and largest value of each channel (last axis)
+    of those tensors, under ``"channels"``: {tensor: (lows, highs)}."""
     from onnxruntime.quantization import CalibrationMethod, TensorsData, create_calibrator
     from onnxruntime.quantization.calibrate import HistogramCollector
 
@@ -83,6 +88,8 @@ def collect_ranges(
     }
     low: dict[str, np.float32] = {}
     high: dict[str, np.float32] = {}
+    wanted = list(channels)
+    per_channel: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=model_path.parent) as tmp:
         # a histogram calibrator's augmented model returns every MatMul input whole
         calibrator = create_calibrator(
@@ -98,6 +105,13 @@ def collect_ranges(
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram collectors print as they go
             for feed in feeds:
                 values = dict(zip(outputs, session.run(None, feed), strict=True))
+                for name in wanted:
+                    rows = values[name].reshape(-1, values[name].shape[-1])
+                    lows, highs = rows.min(0), rows.max(0)
+                    if name in per_channel:
+                        lows = np.minimum(per_channel[name][0], lows)
+                        highs = np.maximum(per_channel[name][1], highs)
+                    per_channel[name] = (lows, highs)
                 for name in names:
                     values[name] = values[name].ravel()
                     smallest, largest = values[name].min(), values[name].max()
@@ -113,7 +127,7 @@ def collect_ranges(
                 if method == "minmax"
                 else TensorsData(enums[method], collectors[method].compute_collection_result())
                 for method in methods
-            }
+            } | ({"channels": per_channel} if wanted else {})
 
 
 class _Histograms:
@@ -172,17 +186,21 @@ class StaticInt8:
     test holds each model to the outputs of ``quantize_static`` on the whole model, bit for bit.
     """
 
-    def __init__(self, source: Path, ranges: Any, qdq: Any = None) -> None:
-        """``qdq``: ONNX Runtime's QDQ model of ``source``, when it is at hand (see ``smoothed``)."""
+    def __init__(self, source: Path, qdq: Any) -> None:
+        """``qdq``: ONNX Runtime's QDQ model of the fp32 model ``source`` (see ``of``)."""
         import onnx
 
-        self.source = source
+        self.source, self.qdq = source, qdq
         self.fp32_tensors = _tensors(onnx.load(str(source), load_external_data=False).graph)
-        if qdq is None:
-            with tempfile.TemporaryDirectory(prefix=".qdq-", dir=source.parent) as tmp:
-                _quantize_static(source, Path(tmp) / "qdq.onnx", ranges)
-                qdq = onnx.load(str(Path(tmp) / "qdq.onnx"))
-        self.qdq = qdq
+
+    @classmethod
+    def of(cls, source: Path, ranges: Any) -> StaticInt8:
+        """The static INT8 models of the fp32 model ``source``, from ``quantize_static`` with ``ranges``."""
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix=".qdq-", dir=source.parent) as tmp:
+            _quantize_static(source, Path(tmp) / "qdq.onnx", ranges)
+            return cls(source, onnx.load(str(Path(tmp) / "qdq.onnx")))
 
     def write(self, target: Path, ranges: Any, keep_float: Iterable[str] = ()) -> None:
         """Write the INT8 model with ``ranges`` and the ``keep_float`` MatMuls in float to ``target``."""
@@ -210,7 +228,7 @@ class StaticInt8:
                 _quantize_static(other, Path(tmp) / "qdq.onnx", ranges, only=changed)
                 donor = onnx.load(str(Path(tmp) / "qdq.onnx")).graph
             _graft(qdq.graph, donor, _outputs_of(donor, changed), self.fp32_tensors)
-        return StaticInt8(other, ranges, qdq)
+        return StaticInt8(other, qdq)
 
     @contextlib.contextmanager
     def parked(self, directory: Path) -> Iterator[None]:

@@ -33,7 +33,6 @@ from edgebert.calibration import (
 )
 from edgebert.calibration.smoothing import (
     Smoothing,
-    channel_ranges,
     smooth,
     smoothable,
     smoothed_bounds,
@@ -82,7 +81,7 @@ def distill_ranges(
         limits = {method: bounds(ranges) for method, ranges in candidates.items()}
         collected = time.perf_counter() - started
         if int8 is None:  # nothing to smooth
-            int8 = StaticInt8(fp32, candidates["minmax"])
+            int8 = StaticInt8.of(fp32, candidates["minmax"])
         elif smoothing is not None:
             int8 = int8.smoothed(smoothed, candidates["minmax"], smoothing.matmuls(smoothable(fp32)))
         model = int8.model(candidates["minmax"])
@@ -91,8 +90,8 @@ def distill_ranges(
         before = best = score(model.SerializeToString())
         tried = 0
         for name in tqdm(list(quantizers), desc="calibrating (distill)", unit="tensor", disable=None):
-            for method in STATIC_METHODS:
-                if method == chosen[name] or name not in limits[method]:
+            for method in STATIC_METHODS:  # a range the model already has would score the same
+                if name not in limits[method] or limits[method][name] == limits[chosen[name]][name]:
                     continue
                 set_range(quantizers[name], limits[method][name])
                 tried += 1
@@ -141,9 +140,9 @@ def _choose_smoothing(
         len(inputs),
         ", ".join(map(str, ALPHAS)),
     )
-    channels = channel_ranges(fp32, feeds, inputs.values())
-    minmax = collect_ranges(fp32, feeds, ["minmax"])["minmax"]
-    int8 = StaticInt8(fp32, minmax)
+    measured = collect_ranges(fp32, feeds, ["minmax"], channels=inputs.values())
+    minmax, channels = measured["minmax"], measured["channels"]
+    int8 = StaticInt8.of(fp32, minmax)
     unsmoothed = bounds(minmax)
     options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, channels, ALPHAS)}}
     smoothed = tmp / "smoothed.onnx"
