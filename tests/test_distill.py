@@ -70,6 +70,21 @@ def test_soft_targets_reach_the_teacher_better_than_labels(
     assert hard["kept_of_teacher"] >= 0.0
 
 
+def test_teacher_logits_come_per_batch_when_the_run_reads_fewer_texts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """4 steps of 32 read 128 texts in one process, 256 in two (each step reads a batch in each)."""
+    from edgebert.training.distill import _teacher_per_batch
+
+    config = DistillConfig(teacher="t", data="d", eval_data="e", max_steps=4, batch_size=32)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert _teacher_per_batch(config, 256, same_tokenizer=True)
+    assert not _teacher_per_batch(config, 256, same_tokenizer=False)  # the teacher reads its own ids
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc-per-node 2 sets it
+    assert not _teacher_per_batch(config, 256, same_tokenizer=True)
+    assert _teacher_per_batch(config, 257, same_tokenizer=True)
+
+
 def test_distill_command_and_export(
     teacher: Path, sentiment_files: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,12 @@ def distill(out: str | Path, config: DistillConfig) -> dict[str, Any]:
 def _teacher_per_batch(config: DistillConfig, texts: int, same_tokenizer: bool) -> bool:
     """Whether the teacher's logits come from its pass over each training batch rather than from one
     pass over the training texts before training: where it makes that pass anyway (hidden-state or
-    attention transfer), or where the run reads fewer texts than there are (``--max-steps``). Either
-    way needs the student's token ids to be the teacher's."""
+    attention transfer), or where the run reads fewer texts than there are (``--max-steps``; each
+    step reads a batch in every process under ``torchrun``). Either way needs the student's token
+    ids to be the teacher's."""
     transfer = bool(config.hidden_weight or config.attention_weight)
-    short = config.max_steps is not None and config.max_steps * config.batch_size < texts
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    short = config.max_steps is not None and config.max_steps * config.batch_size * processes < texts
     return same_tokenizer and (transfer or short)
 
 
