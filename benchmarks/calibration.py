@@ -266,4 +266,4 @@ def write(args: argparse.Namespace, rows: dict[str, dict]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

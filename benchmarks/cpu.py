@@ -93,7 +93,8 @@ def pytorch(model_dir: str, dev: str, timing: Timing, report: dict, threads: int
             }
             for _ in range(timing.warmup):
                 model(**feeds)
-            seconds, began = [], time.perf_counter()
+            seconds: list[float] = []
+            began = time.perf_counter()
             while len(seconds) < timing.min_runs or time.perf_counter() - began < timing.min_seconds:
                 start = time.perf_counter()
                 model(**feeds)
@@ -133,7 +134,7 @@ def real_text_edgebert(bundle: Path, precision: str, dev: str, threads: int) -> 
     return latency_stats(seconds)
 
 
-def write(args, report, torch_rows, torch_acc, torch_real, real, manifest, export_s) -> None:  # type: ignore[no-untyped-def]
+def write(args, report, torch_rows, torch_acc, torch_real, real, manifest, export_s) -> None:
     import torch
 
     system = report["system"]
@@ -198,4 +199,4 @@ def write(args, report, torch_rows, torch_acc, torch_real, real, manifest, expor
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

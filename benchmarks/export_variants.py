@@ -37,7 +37,7 @@ def whole_last_layer() -> Iterator[None]:
     """The last layer computes every token."""
 
     @contextlib.contextmanager
-    def unchanged(*args: Any) -> Iterator[bool]:
+    def unchanged(model: Any, task: str, pooling: dict[str, Any]) -> Iterator[bool]:
         yield False
 
     original = first_token.first_token_only

@@ -12,7 +12,8 @@ docs show), written beside it as ``model_quantized.onnx``.
 
 ``pipeline``: the quantized model in a ``transformers.pipeline("text-classification")``, called one
 sentence at a time; latency percentiles over the first --n sentences (the first 20 calls are warm-up and
-not timed) and accuracy over every row of DATA_TSV.
+not timed; ``--n 0``: none, as ``peers.py`` asks, which times the pipeline with ``serve``) and accuracy
+over every row of DATA_TSV.
 
 ``serve``: that pipeline timed in turns with the models of edgebert's harness (requests on stdin, see
 ``cmd_serve``), so that a machine slowing down slows it and them alike.
@@ -192,8 +193,8 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     out_dir = Path(args.out_dir)
     sentences, labels = read_tsv(Path(args.data_tsv))
-    if args.n <= WARMUP_CALLS:
-        raise SystemExit(f"--n must exceed the {WARMUP_CALLS} warm-up calls")
+    if 0 < args.n <= WARMUP_CALLS:
+        raise SystemExit(f"--n must exceed the {WARMUP_CALLS} warm-up calls (or be 0: accuracy only)")
     classifier = _classifier(out_dir, args.threads)
     model = classifier.model
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
@@ -208,6 +209,11 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         if i >= WARMUP_CALLS:
             timings_ms.append(elapsed)
     timed = np.asarray(timings_ms)
+    latency = {  # none with --n 0
+        f"{stat}_ms": round(float(np.percentile(timed, q) if q else timed.mean()), 3)
+        for stat, q in (("p50", 50), ("p90", 90), ("p99", 99), ("mean", 0))
+        if timed.size
+    }
 
     log(f"accuracy over {len(sentences)} rows, one sentence per call")
     correct = 0
@@ -223,10 +229,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "latency_sentences": len(latency_texts),
         "warmup_calls": WARMUP_CALLS,
         "timed_calls": int(timed.size),
-        "p50_ms": round(float(np.percentile(timed, 50)), 3),
-        "p90_ms": round(float(np.percentile(timed, 90)), 3),
-        "p99_ms": round(float(np.percentile(timed, 99)), 3),
-        "mean_ms": round(float(timed.mean()), 3),
+        **latency,
         "accuracy": round(correct / len(labels), 4),
         "correct": correct,
         "rows": len(labels),
@@ -247,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe = sub.add_parser("pipeline", help="latency and accuracy of the quantized model in a pipeline")
     pipe.add_argument("out_dir")
     pipe.add_argument("data_tsv")
-    pipe.add_argument("--n", type=int, default=300, help="sentences for latency, warm-up included")
+    pipe.add_argument("--n", type=int, default=300, help="sentences for latency, warm-up included (0: none)")
     pipe.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     pipe.set_defaults(func=cmd_pipeline)
 

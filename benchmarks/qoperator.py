@@ -25,7 +25,7 @@ import numpy as np
 from calibration import publish, subject_parser, wrap  # benchmarks/calibration.py
 from peers import REAL_TEXTS, TIMING, quality  # benchmarks/peers.py: the same timing rule and quality
 
-from edgebert.benchmarks.latency import Subject, measure_models
+from edgebert.benchmarks.latency import Shape, Subject, measure_models
 from edgebert.benchmarks.system import system_info
 from edgebert.data import read_examples, sample_examples
 from edgebert.exporter import ExportConfig, export
@@ -68,7 +68,7 @@ def main() -> None:
         for name, row in quality(subjects, args.dev, skip_accuracy=False).items():
             rows[name].update(accuracy=row["accuracy"], agreement=row["agreement"])
         dev = read_examples(args.dev)
-        shapes = [(1, 128), (8, 128), ("real", tuple(dev.texts[:REAL_TEXTS]))]
+        shapes: list[Shape] = [(1, 128), (8, 128), ("real", tuple(dev.texts[:REAL_TEXTS]))]
         for name, result in measure_models(subjects, args.threads, shapes, TIMING).items():
             rows[name]["p50"] = {
                 str(s["batch_size"]) if s["seq_len"] != "real" else "real": s["latency_ms"]["p50"]

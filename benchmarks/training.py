@@ -114,7 +114,7 @@ def distill(args: argparse.Namespace, work: Path) -> dict:
         label: {str(s["batch_size"]): s["latency_ms"]["p50"] for s in result["shapes"]}
         for label, result in timed.items()
     }
-    accuracy = {label: int8_accuracy(path) for label, (path, _) in subjects.items()}
+    accuracy = {label: int8_accuracy(subject.bundle) for label, subject in subjects.items()}
     return {
         "command": "edgebert " + " ".join(command),
         "summary": summary,
@@ -336,4 +336,4 @@ def write(args: argparse.Namespace, stages: dict[str, dict]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
