@@ -180,7 +180,7 @@ def quantize_into(stage: Path, manifest: Manifest, config: QuantizeConfig) -> Ma
             feeds = (teacher.encode([t])[0] for t in texts)
             ranges = collect_ranges(fp32_path, feeds, [config.method])[config.method]
             report = {"ranges": bounds(ranges)}
-            static = StaticInt8(fp32_path, ranges)
+            static = StaticInt8.of(fp32_path, ranges)
         write_json(stage / CALIBRATION_FILE, {"method": config.method, "measured_on": measured_on, **report})
         made_by = {
             "tool": "onnxruntime.quantization.quantize_static (QDQ)",
