@@ -34,6 +34,7 @@ from edgebert.calibration import (
 from edgebert.calibration.search import SMOOTHING_TOLERANCE, _minmax
 from edgebert.calibration.smoothing import (
     Smoothing,
+    channel_ranges,
     smooth,
     smoothable,
     smoothed_bounds,
@@ -300,11 +301,7 @@ def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path
     fp32, _, feeds = _fp32_model(classify_bundle, 5)
     inputs = smoothable(fp32)
     assert len(inputs) == 2 and all("output/dense/MatMul" in name for name in inputs)  # 2 layers
-    measured = collect_ranges(fp32, feeds, ["minmax"], channels=inputs.values())
-    channels = measured["channels"]
-    for name, (lows, highs) in channels.items():  # the channels' ranges span the tensor's
-        assert lows.shape == highs.shape == (128,) and (lows <= highs).all()
-        assert [lows.min(), highs.max()] == bounds(measured["minmax"])[name]
+    channels = channel_ranges(fp32, feeds, inputs.values())
     (smoothing,) = smoothings(fp32, channels, [0.95])
     assert all(f.shape == (128,) and (f > 0).all() for f in smoothing.factors.values())  # intermediate width
     assert max(float(f.max() / f.min()) for f in smoothing.factors.values()) > 2  # channels differ
@@ -318,10 +315,10 @@ def test_smoothing_keeps_the_fp32_function(classify_bundle: Path, tmp_path: Path
     readers = {n.input[0] for n in graph.node if n.name in inputs}
     assert readers == {smoothing.tensor(name) for name in inputs.values()}
     # the smoothed model's ranges follow from the unsmoothed model's, without a pass over the data
-    derived = smoothed_bounds(smoothing, bounds(measured["minmax"]), channels)
-    again = bounds(collect_ranges(smoothed, feeds, ["minmax"])["minmax"])
-    assert set(derived) == set(again) and readers <= set(again)
-    for name, value in again.items():
+    derived = smoothed_bounds(smoothing, bounds(collect_ranges(fp32, feeds, ["minmax"])["minmax"]), channels)
+    measured = bounds(collect_ranges(smoothed, feeds, ["minmax"])["minmax"])
+    assert set(derived) == set(measured) and readers <= set(measured)
+    for name, value in measured.items():
         np.testing.assert_allclose(derived[name], value, rtol=1e-5, atol=1e-6)
 
 
@@ -377,8 +374,8 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
     last bit."""
     fp32, predictor, feeds = _fp32_model(classify_bundle, 6)
     texts = [t for t, _ in sentiment_rows(16, 7)]
+    ranges = collect_ranges(fp32, feeds, STATIC_METHODS)
     inputs = smoothable(fp32)  # the FFN-output MatMuls
-    ranges = collect_ranges(fp32, feeds, STATIC_METHODS, channels=inputs.values())
     ffn_outputs = sorted(inputs)
     assert len(ffn_outputs) == 2
     static = StaticInt8.of(fp32, ranges["minmax"])
@@ -395,7 +392,7 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
         made = static.model(ranges[method], keep_float)
         assert [n.op_type for n in made.graph.node].count("MatMulIntegerToFloat") == 12 - len(keep_float)
         same(made, fp32, ranges[method], keep_float)
-    channels = ranges["channels"]
+    channels = channel_ranges(fp32, feeds, inputs.values())
     (smoothing,) = smoothings(fp32, channels, [0.85])
     one = {inputs[ffn_outputs[1]]: smoothing.factors[inputs[ffn_outputs[1]]]}
     for factors, keep_float in [(smoothing.factors, []), (one, []), (smoothing.factors, ffn_outputs[:1])]:

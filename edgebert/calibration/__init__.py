@@ -64,15 +64,10 @@ def weight_matmuls(model_path: Path) -> tuple[list[str], list[str]]:
 
 
 def collect_ranges(
-    model_path: Path,
-    feeds: Iterable[dict[str, np.ndarray]],
-    methods: Iterable[str],
-    channels: Iterable[str] = (),
+    model_path: Path, feeds: Iterable[dict[str, np.ndarray]], methods: Iterable[str]
 ) -> dict[str, Any]:
     """The ranges of every MatMul input over ``feeds`` by each of ``methods`` (an
-    ``onnxruntime.quantization.TensorsData`` each), from one pass over the feeds, one at a time.
-    With ``channels`` (MatMul inputs), also the smallest and largest value of each channel (last axis)
-    of those tensors, under ``"channels"``: {tensor: (lows, highs)}."""
+    ``onnxruntime.quantization.TensorsData`` each), from one pass over the feeds, one at a time."""
     from onnxruntime.quantization import CalibrationMethod, TensorsData, create_calibrator
     from onnxruntime.quantization.calibrate import HistogramCollector
 
@@ -88,8 +83,6 @@ def collect_ranges(
     }
     low: dict[str, np.float32] = {}
     high: dict[str, np.float32] = {}
-    wanted = list(channels)
-    per_channel: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=model_path.parent) as tmp:
         # a histogram calibrator's augmented model returns every MatMul input whole
         calibrator = create_calibrator(
@@ -105,13 +98,6 @@ def collect_ranges(
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram collectors print as they go
             for feed in feeds:
                 values = dict(zip(outputs, session.run(None, feed), strict=True))
-                for name in wanted:
-                    rows = values[name].reshape(-1, values[name].shape[-1])
-                    lows, highs = rows.min(0), rows.max(0)
-                    if name in per_channel:
-                        lows = np.minimum(per_channel[name][0], lows)
-                        highs = np.maximum(per_channel[name][1], highs)
-                    per_channel[name] = (lows, highs)
                 for name in names:
                     values[name] = values[name].ravel()
                     smallest, largest = values[name].min(), values[name].max()
@@ -127,7 +113,7 @@ def collect_ranges(
                 if method == "minmax"
                 else TensorsData(enums[method], collectors[method].compute_collection_result())
                 for method in methods
-            } | ({"channels": per_channel} if wanted else {})
+            }
 
 
 class _Histograms:

@@ -33,6 +33,7 @@ from edgebert.calibration import (
 )
 from edgebert.calibration.smoothing import (
     Smoothing,
+    channel_ranges,
     smooth,
     smoothable,
     smoothed_bounds,
@@ -140,8 +141,8 @@ def _choose_smoothing(
         len(inputs),
         ", ".join(map(str, ALPHAS)),
     )
-    measured = collect_ranges(fp32, feeds, ["minmax"], channels=inputs.values())
-    minmax, channels = measured["minmax"], measured["channels"]
+    channels = channel_ranges(fp32, feeds, inputs.values())
+    minmax = collect_ranges(fp32, feeds, ["minmax"])["minmax"]
     int8 = StaticInt8.of(fp32, minmax)
     unsmoothed = bounds(minmax)
     options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, channels, ALPHAS)}}

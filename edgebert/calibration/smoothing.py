@@ -14,6 +14,7 @@ a pass over the activation (about 40 µs per layer at 1 × 128 tokens for MiniLM
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +64,41 @@ def smoothable(model_path: Path) -> dict[str, str]:
     }
 
 
+def channel_ranges(
+    model_path: Path, feeds: Iterable[dict[str, np.ndarray]], tensors: Iterable[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The smallest and largest value of each channel (last axis) of ``tensors`` over ``feeds``,
+    one feed at a time."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    names = list(tensors)
+    with tempfile.TemporaryDirectory(prefix=".channels-", dir=model_path.parent) as tmp:
+        model = onnx.load(str(model_path))
+        model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+        save_external(model, Path(tmp) / "channels.onnx")
+        del model
+        session = ort.InferenceSession(str(Path(tmp) / "channels.onnx"), providers=["CPUExecutionProvider"])
+        ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for feed in feeds:
+            for name, value in zip(names, session.run(names, feed), strict=True):
+                rows = value.reshape(-1, value.shape[-1])
+                low, high = rows.min(0), rows.max(0)
+                if name in ranges:
+                    low, high = np.minimum(ranges[name][0], low), np.maximum(ranges[name][1], high)
+                ranges[name] = (low, high)
+        return ranges
+
+
 def smoothed_bounds(
     smoothing: Smoothing | None,
     bounds: dict[str, list[float]],
     channels: dict[str, tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, list[float]]:
     """The minmax ranges of the model ``smoothing`` makes, from the unsmoothed model's (``bounds``)
-    and the per-channel ranges of the inputs it smooths (``collect_ranges``' ``channels``): it
-    changes no other tensor, and divides each channel of those inputs by a positive factor. No pass
-    over the data."""
+    and the per-channel ranges of the inputs it smooths (``channel_ranges``): it changes no other
+    tensor, and divides each channel of those inputs by a positive factor. No pass over the data."""
     smoothed = dict(bounds)
     if smoothing is None:
         return smoothed
@@ -86,7 +113,7 @@ def smoothings(
     model_path: Path, channels: dict[str, tuple[np.ndarray, np.ndarray]], alphas: Iterable[float]
 ) -> list[Smoothing]:
     """The factors for each of ``alphas`` (0: none of a channel's range moved to the weight; 1: all),
-    for the inputs of ``smoothable`` MatMuls in ``channels`` (their per-channel ranges)."""
+    for the inputs of ``smoothable`` MatMuls in ``channels`` (their ``channel_ranges``)."""
     import onnx
     from onnx import numpy_helper
 
