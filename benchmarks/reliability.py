@@ -197,7 +197,8 @@ def kill_section(root: Path) -> list[str]:
     subprocess.run([*CLI, "export", "--quantize", "int8", "-o", str(out)], check=True)
     before = Bundle.load(out).manifest
     rows = []
-    for moment in [*MOMENTS, 1.0, 4.0, 8.0, 60.0]:
+    moments: list[str | float] = [*MOMENTS, 1.0, 4.0, 8.0, 60.0]  # named file-system moments, then seconds
+    for moment in moments:
         condition = MOMENTS[moment] if isinstance(moment, str) else moment
         command = [*CLI, "export", "--quantize", "int8", "-o", str(out), "--force"]
         killed = kill_when(command, out.parent, condition)

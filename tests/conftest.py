@@ -60,6 +60,14 @@ def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
+def embeddings(predictions: list[Any]) -> Any:
+    """The embeddings of an embedding model's predictions, one row each."""
+    import numpy as np
+
+    assert all(p.embedding is not None for p in predictions)
+    return np.stack([p.embedding for p in predictions])
+
+
 def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
     path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows), encoding="utf-8")
     return path

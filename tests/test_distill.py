@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -48,7 +49,7 @@ def test_soft_targets_reach_the_teacher_better_than_labels(
     from conftest import sentiment_rows
 
     train_file, dev_file = map(str, sentiment_files)
-    common = {
+    common: dict[str, Any] = {
         "teacher": str(teacher),
         "data": train_file,
         "eval_data": dev_file,
@@ -210,9 +211,10 @@ def test_a_short_run_resumed_after_sigkill_ends_with_the_same_student(
     # 12 steps of 8 read fewer than the 256 texts: the teacher's logits come batch by batch, also
     # after a resume
     train_file, dev_file = map(str, sentiment_files)
-    settings = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file, "student_layers": 1}
-    schedule = {"max_steps": 12, "batch_size": 8, "save_every": 3, "lr": 1e-3}
-    whole = distill(tmp_path / "whole", DistillConfig(**settings, **schedule))  # type: ignore[arg-type]
+    settings: dict[str, Any] = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file}
+    settings["student_layers"] = 1
+    schedule: dict[str, Any] = {"max_steps": 12, "batch_size": 8, "save_every": 3, "lr": 1e-3}
+    whole = distill(tmp_path / "whole", DistillConfig(**settings, **schedule))
     assert whole["teacher_logits"] == "from its pass over each training batch"
     out = tmp_path / "cut"
     command = [*CLI, "distill", "--teacher", str(teacher), "--data", train_file, "--eval", dev_file]
@@ -220,7 +222,7 @@ def test_a_short_run_resumed_after_sigkill_ends_with_the_same_student(
     state = Path(f"{out}.resume") / "state.json"
     assert kill_when([*command, *options, "--lr", "1e-3", "-o", str(out)], tmp_path, lambda _: state.exists())
     assert 0 < json.loads(state.read_text())["run"]["step"] < 12
-    resumed = distill(out, DistillConfig(**settings, **schedule, resume=True))  # type: ignore[arg-type]
+    resumed = distill(out, DistillConfig(**settings, **schedule, resume=True))
     assert resumed["history"] == whole["history"]
     ours, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
     assert all((ours[k] == theirs[k]).all() for k in theirs)
@@ -232,7 +234,8 @@ def test_hidden_state_and_attention_transfer(
     from conftest import sentiment_rows
 
     train_file, dev_file = map(str, sentiment_files)
-    common = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file, "student_layers": 1}
+    common: dict[str, Any] = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file}
+    common["student_layers"] = 1
     settings = {**common, "epochs": 2, "batch_size": 16, "lr": 1e-3}
     plain = distill(tmp_path / "plain", DistillConfig(**settings))
     transfer = distill(tmp_path / "t", DistillConfig(**settings, hidden_weight=1.0, attention_weight=1.0))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import requires_shared
+from conftest import embeddings, requires_shared
 from edgebert.cli import main
 from edgebert.runtime import Predictor
 
@@ -33,7 +33,7 @@ def test_default_model_export_int8_and_bench(tmp_path: Path) -> None:
     similar = Predictor(out).predict(
         ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stocks fell sharply."]
     )
-    vectors = [r.embedding for r in similar]
+    vectors = embeddings(similar)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
 
 

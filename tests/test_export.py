@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import embeddings
 from edgebert.bundle import Bundle
 from edgebert.errors import EdgebertError, ModelError, ValidationError
 from edgebert.exporter import ExportConfig, export
@@ -48,7 +49,7 @@ def test_embed_bundle_follows_torch_pooling(embed_bundle: Path, tiny_embedder: P
         hidden = AutoModel.from_pretrained(tiny_embedder)(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
-    got = np.stack([r.embedding for r in Predictor(embed_bundle, precision="fp32").predict(texts)])
+    got = embeddings(Predictor(embed_bundle, precision="fp32").predict(texts))
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -107,7 +108,7 @@ def test_cls_pooled_embedder_runs_the_first_token_only(tiny_embedder: Path, tmp_
     with torch.no_grad():
         hidden = AutoModel.from_pretrained(checkpoint)(**tokenizer(texts, padding=True, return_tensors="pt"))
     expected = torch.nn.functional.normalize(hidden.last_hidden_state[:, 0], dim=1).numpy()
-    got = np.stack([r.embedding for r in Predictor(bundle.path, precision="fp32").predict(texts)])
+    got = embeddings(Predictor(bundle.path, precision="fp32").predict(texts))
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -138,7 +139,7 @@ def test_model_errors(tiny_embedder: Path, tmp_path: Path) -> None:
         ({"max_length": "32"}, "max-length"),
     ):
         with pytest.raises(EdgebertError, match=message):
-            export(tmp_path / "x", ExportConfig(model=str(tiny_embedder), **bad))  # type: ignore[arg-type]
+            export(tmp_path / "x", ExportConfig(model=str(tiny_embedder), **bad))
     with pytest.raises(ModelError, match="never downloads"):
         export(tmp_path / "a", ExportConfig(model="bert-base-uncased"))
     with pytest.raises(ModelError, match="no classification head"):
