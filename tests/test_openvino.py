@@ -19,8 +19,8 @@ from edgebert.benchmarks.report import rows, write_report
 from edgebert.errors import EdgebertError
 from edgebert.quantizer import QuantizeConfig, quantize
 from edgebert.runtime import Predictor
-from edgebert.runtime.backends import openvino_default_precision
-from edgebert.runtime.predictor import DYNAMIC_INT8_ON_OPENVINO
+from edgebert.runtime.backends import openvino_default_precision, x86_without_vnni
+from edgebert.runtime.predictor import DYNAMIC_INT8_ON_OPENVINO, OPENVINO_INT8_WITHOUT_VNNI
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -86,6 +86,18 @@ def test_predictor_on_openvino(ov_bundle: Path) -> None:
     assert Predictor(ov_bundle, precision="openvino-int8").backend == "openvino"
     with pytest.raises(EdgebertError, match="OpenVINO IR: run it with backend 'openvino'"):
         Predictor(ov_bundle, precision="openvino-int8", backend="cpu")
+
+
+def test_openvino_int8_by_default_on_a_cpu_without_vnni_says_so(
+    ov_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where x86 lacks INT8 dot products, OpenVINO's INT8 model is no faster than fp32: the default
+    choice of it says so; asking for INT8 by name does not."""
+    assert Predictor(ov_bundle, backend="openvino").precision == "openvino-int8"
+    assert (OPENVINO_INT8_WITHOUT_VNNI in caplog.text) == x86_without_vnni()
+    caplog.clear()
+    assert Predictor(ov_bundle, backend="openvino", precision="int8").precision == "openvino-int8"
+    assert OPENVINO_INT8_WITHOUT_VNNI not in caplog.text
 
 
 def test_an_inference_precision_the_cpu_lacks_is_refused(ov_bundle: Path) -> None:

@@ -100,17 +100,24 @@ def cpu_flags() -> frozenset[str] | None:
     return None if flags is None else frozenset(flags.split())
 
 
+def x86_without_vnni() -> bool:
+    """Whether this is an x86 CPU without INT8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or
+    AMX); one whose features cannot be read is taken to lack them."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return False
+    flags = cpu_flags()
+    return flags is None or not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def u8s8_saturates() -> bool:
     """Whether ONNX Runtime's default INT8 kernels on this CPU give wrong products. On x86 CPUs
     without VNNI they multiply u8 activations by s8 weights with PMADDUBSW, which adds each pair of
     neighbouring products in 16 bits and clamps (255 × 127 × 2 = 64,770 becomes 32,767), so an
     INT8 model answers differently there than on a CPU with VNNI. Where they do, edgebert's
     sessions ask for ONNX Runtime's u8 × u8 kernels (``session.x64quantprecision``), which are
-    exact. An x86 CPU whose features cannot be read is taken to lack VNNI: exact first."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
-        return False  # the option is x86's alone: elsewhere ONNX Runtime's INT8 kernels sum in 32 bits
-    flags = cpu_flags()
-    return flags is None or not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    exact. An x86 CPU whose features cannot be read is taken to lack VNNI: exact first. Elsewhere
+    (ARM) ONNX Runtime's INT8 kernels sum in 32 bits."""
+    return x86_without_vnni()
 
 
 def _open_ort(

@@ -31,6 +31,7 @@ from edgebert.runtime.backends import (
     SessionOptions,
     open_session,
     require_backend,
+    x86_without_vnni,
 )
 
 Text = str | tuple[str, str]
@@ -40,6 +41,14 @@ DYNAMIC_INT8_ON_OPENVINO = (
     "dequantized weights, more slowly than the fp32 model "
     "(all-MiniLM-L6-v2, batch 1 x 128 tokens: 14.3 ms against 9.5 at f32); for INT8 on OpenVINO, add "
     "its own INT8 model: `edgebert quantize BUNDLE --target openvino`"
+)
+# measured by benchmarks/peers.py on an AVX2-only EPYC (benchmarks/results/peers-avx2.md)
+OPENVINO_INT8_WITHOUT_VNNI = (
+    "this CPU has no INT8 dot-product instructions (VNNI), and there OpenVINO's INT8 models run no "
+    "faster than its fp32 one (SST-2 MiniLM on an AVX2 EPYC, against OpenVINO fp32: edgebert's INT8 "
+    "0.98x the time at batch 1 x 128 tokens, 1.11x at batch 8, 1.27x on real sentences; NNCF's "
+    "own 1.31-1.43x): for speed here, pass precision fp32 (--precision fp32); precision int8 keeps "
+    "INT8 without this warning"
 )
 MAX_CHARS_PER_TOKEN = 100  # a text longer than this many characters per token of max_length is cut
 log = logging.getLogger("edgebert")
@@ -349,6 +358,8 @@ def choose_model(bundle: Bundle, precision: str | None, backend: str | None) -> 
         )
     if backend == "openvino" and dynamic_int8(bundle, name):
         log.warning("bundle '%s': %s", bundle.path, DYNAMIC_INT8_ON_OPENVINO)
+    if precision is None and name == "openvino-int8" and x86_without_vnni():
+        log.warning("bundle '%s' runs its OpenVINO INT8 model; %s", bundle.path, OPENVINO_INT8_WITHOUT_VNNI)
     return name, backend
 
 
