@@ -100,13 +100,13 @@ def cpu_flags() -> frozenset[str] | None:
     return None if flags is None else frozenset(flags.split())
 
 
-def x86_without_vnni() -> bool:
+def x86_without_vnni() -> bool | None:
     """Whether this is an x86 CPU without INT8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or
-    AMX); one whose features cannot be read is taken to lack them."""
+    AMX); None for an x86 CPU whose features cannot be read (not Linux)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
         return False
     flags = cpu_flags()
-    return flags is None or not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return None if flags is None else not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def u8s8_saturates() -> bool:
@@ -117,7 +117,7 @@ def u8s8_saturates() -> bool:
     sessions ask for ONNX Runtime's u8 × u8 kernels (``session.x64quantprecision``), which are
     exact. An x86 CPU whose features cannot be read is taken to lack VNNI: exact first. Elsewhere
     (ARM) ONNX Runtime's INT8 kernels sum in 32 bits."""
-    return x86_without_vnni()
+    return x86_without_vnni() is not False
 
 
 def _open_ort(
