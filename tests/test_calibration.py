@@ -395,6 +395,11 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
     channels = channel_ranges(fp32, feeds, inputs.values())
     (smoothing,) = smoothings(fp32, channels, [0.85])
     one = {inputs[ffn_outputs[1]]: smoothing.factors[inputs[ffn_outputs[1]]]}
+    every = tmp_path / "every.onnx"
+    smooth(fp32, every, smoothing)
+    every_ranges = _minmax(smoothed_bounds(smoothing, bounds(ranges["minmax"]), channels))
+    part = static.smoothed_part(every, every_ranges, ffn_outputs)
+    assert {n.op_type for n in part.node} == {"Mul", "QuantizeLinear", "DequantizeLinear", "MatMul"}
     for factors, keep_float in [(smoothing.factors, []), (one, []), (smoothing.factors, ffn_outputs[:1])]:
         some = Smoothing(smoothing.alpha, factors)
         changed = some.matmuls(inputs)
@@ -404,6 +409,9 @@ def test_static_int8_models_are_quantize_statics(classify_bundle: Path, tmp_path
         smoothed_ranges = _minmax(smoothed_bounds(some, bounds(ranges["minmax"]), channels))
         made = static.smoothed(smoothed, smoothed_ranges, changed).model(smoothed_ranges, keep_float)
         assert [n.op_type for n in made.graph.node].count("Mul") == muls + len(changed)
+        same(made, smoothed, smoothed_ranges, keep_float)
+        # the part ONNX Runtime made for every MatMul smoothed serves any of them: the same model
+        made = static.smoothed(smoothed, smoothed_ranges, changed, part).model(smoothed_ranges, keep_float)
         same(made, smoothed, smoothed_ranges, keep_float)
     with static.parked(tmp_path):  # the QDQ graph waits in a file meanwhile, and comes back whole
         assert static.qdq is None

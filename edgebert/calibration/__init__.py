@@ -201,20 +201,47 @@ class StaticInt8:
         _integer_matmuls(model)
         return model
 
-    def smoothed(self, other: Path, ranges: Any, changed: Iterable[str]) -> StaticInt8:
+    def smoothed(self, other: Path, ranges: Any, changed: Iterable[str], part: Any = None) -> StaticInt8:
         """The static INT8 models of ``other``, the fp32 model with the inputs of the MatMuls
-        ``changed`` smoothed: ONNX Runtime quantizes those MatMuls of ``other`` alone (with
-        ``ranges``), and the rest is this model's."""
+        ``changed`` smoothed: those MatMuls as ``smoothed_part`` makes them (or ``part``, a
+        ``smoothed_part`` of a model with these MatMuls and maybe others smoothed the same way:
+        each MatMul's smoothing changes only its own input and weight), and the rest is this
+        model's."""
         import onnx
 
         qdq = onnx.ModelProto()
         qdq.CopyFrom(self.qdq)
         if changed := list(changed):
-            with tempfile.TemporaryDirectory(prefix=".qdq-", dir=other.parent) as tmp:
-                _quantize_static(other, Path(tmp) / "qdq.onnx", ranges, only=changed)
-                donor = onnx.load(str(Path(tmp) / "qdq.onnx")).graph
-            _graft(qdq.graph, donor, _outputs_of(donor, changed), self.fp32_tensors)
+            part = part if part is not None else self.smoothed_part(other, ranges, changed)
+            _graft(qdq.graph, part, _outputs_of(part, changed), self.fp32_tensors)
         return StaticInt8(other, qdq)
+
+    def smoothed_part(self, other: Path, ranges: Any, changed: list[str]) -> Any:
+        """The nodes and initializers (a ``GraphProto``) that compute the MatMuls ``changed`` of
+        ``other`` (this model with their inputs smoothed) from this model's tensors: ONNX Runtime
+        quantizes those MatMuls of ``other`` alone (with ``ranges``), and only what computes them
+        is kept, not the rest of that model's weights."""
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix=".qdq-", dir=other.parent) as tmp:
+            _quantize_static(other, Path(tmp) / "qdq.onnx", ranges, only=changed)
+            donor = onnx.load(str(Path(tmp) / "qdq.onnx")).graph
+        made = {o: n for n in donor.node for o in n.output}
+        initializers = {i.name: i for i in donor.initializer}
+        matmuls = [made[o] for o in _outputs_of(donor, changed)]  # their outputs: the fp32 model's too
+        nodes, seen = {id(n): n for n in matmuls}, set()
+        todo = [i for n in matmuls for i in n.input]
+        while todo:
+            tensor = todo.pop()
+            if tensor and tensor not in seen and tensor not in self.fp32_tensors:
+                seen.add(tensor)
+                if tensor in made:
+                    nodes[id(made[tensor])] = made[tensor]
+                    todo.extend(made[tensor].input)
+        part = onnx.GraphProto()
+        part.node.extend(n for n in donor.node if id(n) in nodes)  # in the donor's order
+        part.initializer.extend(initializers[t] for t in sorted(seen) if t in initializers)
+        return part
 
     @contextlib.contextmanager
     def parked(self, directory: Path) -> Iterator[None]:
