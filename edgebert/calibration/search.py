@@ -132,9 +132,9 @@ def _choose_smoothing(
     teacher (None: the unsmoothed one is), what was tried, and the unsmoothed model's ``StaticInt8``
     (None: there is nothing to smooth). The strength is chosen first; then, one MatMul at a time, a
     smoothing is dropped where the student stays as close to the teacher without it
-    (``SMOOTHING_TOLERANCE``), so that no ``Mul`` is paid for where it does not help. ONNX Runtime
-    quantizes the smoothed MatMuls once a strength (about 2.3 s each time for MiniLM on an AVX2
-    EPYC), not once a smoothing tried."""
+    (``SMOOTHING_TOLERANCE``), so that no ``Mul`` is paid for where it does not help. For those
+    trials ONNX Runtime quantizes the chosen strength's MatMuls once (``StaticInt8.smoothed_part``),
+    not once a trial."""
     inputs = smoothable(fp32)
     if not inputs:
         return None, {}, None
@@ -150,32 +150,28 @@ def _choose_smoothing(
     options = {"none": None, **{str(s.alpha): s for s in smoothings(fp32, channels, ALPHAS)}}
     smoothed = tmp / "smoothed.onnx"
 
-    def divergence_with(smoothing: Smoothing | None, part: Any = None) -> tuple[float, Any]:
-        """The divergence of the INT8 model with ``smoothing``, and the ``smoothed_part`` made for
-        it (``part``: one made for a smoothing of these MatMuls and maybe more, at its alpha)."""
+    def divergence_with(smoothing: Smoothing | None, part: Any = None) -> float:
+        """The divergence of the INT8 model with ``smoothing`` (``part``: ``StaticInt8.smoothed``'s)."""
         ranges = _minmax(smoothed_bounds(smoothing, unsmoothed, channels))
         if smoothing is None:
-            return score(int8.model(ranges).SerializeToString()), None
+            return score(int8.model(ranges).SerializeToString())
         smooth(fp32, smoothed, smoothing)
-        changed = smoothing.matmuls(inputs)
-        part = part if part is not None else int8.smoothed_part(smoothed, ranges, changed)
-        model = int8.smoothed(smoothed, ranges, changed, part).model(ranges)
-        return score(model.SerializeToString()), part
+        model = int8.smoothed(smoothed, ranges, smoothing.matmuls(inputs), part).model(ranges)
+        return score(model.SerializeToString())
 
-    by_alpha, parts = {}, {}
-    for label, smoothing in options.items():
-        by_alpha[label], parts[label] = divergence_with(smoothing)
+    by_alpha = {label: divergence_with(smoothing) for label, smoothing in options.items()}
     label = min(by_alpha, key=by_alpha.__getitem__)
-    chosen, best, part = options[label], by_alpha[label], parts[label]
-    del parts  # the other strengths' parts
+    chosen, best = options[label], by_alpha[label]
     tried: dict[str, Any] = {"divergence_by_alpha": by_alpha, "divergence_without": {}}
     if chosen is None:
         return None, {**tried, "divergence": best}, int8
     bound = best * (1 + SMOOTHING_TOLERANCE)
-    for name in sorted(chosen.factors):  # each a subset of the strength's MatMuls: its part serves
+    smooth(fp32, smoothed, chosen)  # each smoothing below is a subset of this one: graft from its part
+    ranges = _minmax(smoothed_bounds(chosen, unsmoothed, channels))
+    part = int8.smoothed_part(smoothed, ranges, chosen.matmuls(inputs))
+    for name in sorted(chosen.factors):
         fewer = Smoothing(chosen.alpha, {k: v for k, v in chosen.factors.items() if k != name})
-        value, _ = divergence_with(fewer, part)
-        tried["divergence_without"][name] = value
+        tried["divergence_without"][name] = value = divergence_with(fewer, part)
         if value <= bound:
             chosen, best = fewer, value
     return (chosen if chosen.factors else None), {**tried, "divergence": best}, int8
