@@ -226,21 +226,12 @@ class StaticInt8:
         with tempfile.TemporaryDirectory(prefix=".qdq-", dir=other.parent) as tmp:
             _quantize_static(other, Path(tmp) / "qdq.onnx", ranges, only=changed)
             donor = onnx.load(str(Path(tmp) / "qdq.onnx")).graph
-        made = {o: n for n in donor.node for o in n.output}
-        initializers = {i.name: i for i in donor.initializer}
-        matmuls = [made[o] for o in _outputs_of(donor, changed)]  # their outputs: the fp32 model's too
-        nodes, seen = {id(n): n for n in matmuls}, set()
-        todo = [i for n in matmuls for i in n.input]
-        while todo:
-            tensor = todo.pop()
-            if tensor and tensor not in seen and tensor not in self.fp32_tensors:
-                seen.add(tensor)
-                if tensor in made:
-                    nodes[id(made[tensor])] = made[tensor]
-                    todo.extend(made[tensor].input)
+        outputs = _outputs_of(donor, changed)
         part = onnx.GraphProto()
-        part.node.extend(n for n in donor.node if id(n) in nodes)  # in the donor's order
-        part.initializer.extend(initializers[t] for t in sorted(seen) if t in initializers)
+        # from this model's tensors, but for those outputs, which the fp32 model has too
+        for _, nodes, initializers in _making(donor, outputs, self.fp32_tensors - set(outputs)):
+            part.node.extend(nodes)
+            part.initializer.extend(initializers)
         return part
 
     @contextlib.contextmanager
@@ -302,26 +293,36 @@ def _graft(graph: Any, donor: Any, outputs: list[str], fp32: set[str]) -> None:
     read = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
     kept = [i for i in graph.initializer if i.name in read]
     have = {i.name for i in graph.input} | {i.name for i in kept} | {o for n in nodes for o in n.output}
+    for output, chain, initializers in _making(donor, outputs, have):
+        kept.extend(initializers)
+        at = next((k for k, n in enumerate(nodes) if output in n.input), len(nodes))
+        nodes[at:at] = chain
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _making(donor: Any, outputs: list[str], have: set[str]) -> list[tuple[str, list[Any], list[Any]]]:
+    """For each of ``outputs``, the nodes (in ``donor``'s order) and initializers of ``donor`` that
+    make it from the tensors ``have``, which grows by what they make: none comes twice."""
     made = {o: n for n in donor.node for o in n.output}
     order = {o: k for k, n in enumerate(donor.node) for o in n.output}
     initializers = {i.name: i for i in donor.initializer}
+    chains = []
     for output in outputs:
-        chain, todo = [], [output]
+        chain, needed, todo = [], [], [output]
         while todo:
             tensor = todo.pop()
             if tensor and tensor not in have:
                 have.add(tensor)
                 if tensor in initializers:
-                    kept.append(initializers[tensor])
+                    needed.append(initializers[tensor])
                 else:
                     chain.append(made[tensor])
                     todo.extend(made[tensor].input)
-        at = next((k for k, n in enumerate(nodes) if output in n.input), len(nodes))
-        nodes[at:at] = sorted(chain, key=lambda n: order[n.output[0]])
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.node[:]
-    graph.node.extend(nodes)
+        chains.append((output, sorted(chain, key=lambda n: order[n.output[0]]), needed))
+    return chains
 
 
 def _outputs_of(graph: Any, names: list[str]) -> list[str]:
