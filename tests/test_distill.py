@@ -211,8 +211,12 @@ def test_a_short_run_resumed_after_sigkill_ends_with_the_same_student(
     # 12 steps of 8 read fewer than the 256 texts: the teacher's logits come batch by batch, also
     # after a resume
     train_file, dev_file = map(str, sentiment_files)
-    settings: dict[str, Any] = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file}
-    settings["student_layers"] = 1
+    settings: dict[str, Any] = {
+        "teacher": str(teacher),
+        "data": train_file,
+        "eval_data": dev_file,
+        "student_layers": 1,
+    }
     schedule: dict[str, Any] = {"max_steps": 12, "batch_size": 8, "save_every": 3, "lr": 1e-3}
     whole = distill(tmp_path / "whole", DistillConfig(**settings, **schedule))
     assert whole["teacher_logits"] == "from its pass over each training batch"
@@ -234,8 +238,12 @@ def test_hidden_state_and_attention_transfer(
     from conftest import sentiment_rows
 
     train_file, dev_file = map(str, sentiment_files)
-    common: dict[str, Any] = {"teacher": str(teacher), "data": train_file, "eval_data": dev_file}
-    common["student_layers"] = 1
+    common: dict[str, Any] = {
+        "teacher": str(teacher),
+        "data": train_file,
+        "eval_data": dev_file,
+        "student_layers": 1,
+    }
     settings = {**common, "epochs": 2, "batch_size": 16, "lr": 1e-3}
     plain = distill(tmp_path / "plain", DistillConfig(**settings))
     transfer = distill(tmp_path / "t", DistillConfig(**settings, hidden_weight=1.0, attention_weight=1.0))
