@@ -166,9 +166,12 @@ def test_cpu_sessions_run_without_the_skip_layer_norm_fusion(classify_bundle: Pa
     assert "SkipLayerNormalization" not in fused_ops(CPU_DISABLED_OPTIMIZERS)
 
 
-def test_a_gpu_session_that_falls_back_to_the_cpu_is_an_error(classify_bundle: Path) -> None:
+def test_a_gpu_session_that_falls_back_to_the_cpu_is_an_error(
+    classify_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # ONNX Runtime opens the session on the CPU, with at most a warning, when the provider asked for
-    # cannot start: here it is not in this build; on a GPU build, no GPU or no CUDA libraries
+    # cannot start: here it is not in this build; on a GPU build, no GPU or no CUDA libraries (and
+    # what onnxruntime.preload_dlls prints about those goes into the error, not onto stdout)
     import warnings
 
     from edgebert.runtime.backends import BACKENDS, BackendError, SessionOptions
@@ -179,6 +182,7 @@ def test_a_gpu_session_that_falls_back_to_the_cpu_is_an_error(classify_bundle: P
             warnings.simplefilter("ignore")
             BACKENDS[device].open(classify_bundle / "model.onnx", SessionOptions())
         assert f"could not start {provider} here and fell back to CPUExecutionProvider" in str(raised.value)
+    assert capsys.readouterr().out == ""
 
 
 def test_int8_products_are_exact_on_every_cpu() -> None:

@@ -3,8 +3,11 @@ a hint for when it is missing. No torch, no transformers; openvino is imported o
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import platform
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -120,12 +123,38 @@ def u8s8_saturates() -> bool:
     return x86_without_vnni() is not False
 
 
+@functools.cache
+def load_cuda_libraries() -> str:
+    """Have ONNX Runtime load CUDA's and cuDNN's libraries from NVIDIA's pip packages, once, and
+    return what it printed (the libraries it could not load), for an error to quote.
+
+    onnxruntime-gpu's CUDA provider names those libraries without a path (no RPATH), so where they
+    come from pip (``onnxruntime-gpu[cuda,cudnn]``, what ``edgebert[gpu]`` installs) rather than a
+    system CUDA on the loader's path, the provider cannot start unless they are loaded first
+    (``onnxruntime.preload_dlls``, ONNX Runtime 1.21 and later; it does nothing in a CPU build).
+    It prints; that goes here, not into a ``--json`` output."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            preload()
+        except Exception as exc:  # a RuntimeError of its own for a library folder not there, say
+            print(exc)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", printed.getvalue())  # its warnings come coloured
+    return "; ".join(line.strip() for line in plain.splitlines() if line.strip())
+
+
 def _open_ort(
     providers: tuple[str, ...], disabled_optimizers: tuple[str, ...] = ()
 ) -> Callable[[Path | bytes, SessionOptions], Any]:
     def open_ort(model: Path | bytes, settings: SessionOptions) -> Any:
         import onnxruntime as ort
 
+        said = load_cuda_libraries() if providers[0] != "CPUExecutionProvider" else ""
         options = ort.SessionOptions()
         options.log_severity_level = 4  # fatal only: its errors are raised, and edgebert says them once
         if settings.threads:
@@ -146,6 +175,7 @@ def _open_ort(
                 f"ONNX Runtime could not start {providers[0]} here and fell back to {used[0]}: "
                 "check that an NVIDIA GPU is visible (nvidia-smi) and that the CUDA, cuDNN and, for "
                 "TensorRT, TensorRT libraries onnxruntime-gpu needs are installed"
+                + (f" (loading CUDA's libraries: {said})" if said else "")
             )
         return session
 
