@@ -212,6 +212,9 @@ class Predictor:
         else:
             self.session = model()
         self.input_names = {i.name for i in self.session.get_inputs()}
+        # without the characters' offsets, which nothing here reads (tokenizers 0.21 and later): the
+        # same ids and masks; `encode` of one SST-2 dev sentence 74 us against 90 (AVX2 EPYC)
+        self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         self.batch_size = batch_size_for(self.bundle.manifest.artifacts[self.precision].made_by.get("method"))
 
     def with_model(self, path: Path | bytes, *, threads: int | None = None) -> Predictor:
@@ -242,7 +245,7 @@ class Predictor:
         # anyway, and tokenizing megabytes takes seconds and hundreds of MB
         limit = self.bundle.manifest.max_length * MAX_CHARS_PER_TOKEN
         cut = [_cut(text, limit) for text in texts]
-        encodings = self.tokenizer.encode_batch(cut)
+        encodings = self._encode_batch(cut)
         for row, encoding in enumerate(encodings):
             if all(encoding.special_tokens_mask):
                 position = positions[row] if positions is not None else row
