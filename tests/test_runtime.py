@@ -291,3 +291,16 @@ def test_sessions_without_spinning(classify_bundle: Path) -> None:
     assert quiet.predict(["a good film"]) == Predictor(classify_bundle, precision="fp32").predict(
         ["a good film"]
     )
+
+
+def test_the_fast_tokenizer_call_gives_what_the_full_one_gives(classify_bundle: Path) -> None:
+    # the Predictor tokenizes without the characters' offsets (encode_batch_fast) where it can
+    predictor = Predictor(classify_bundle)
+    texts = [*SENTENCES[:4], (SENTENCES[0], SENTENCES[1]), " ".join(SENTENCES)]  # one past max_length
+    fast = predictor.encode(texts)
+    predictor._encode_batch = predictor.tokenizer.encode_batch
+    full = predictor.encode(texts)
+    assert fast[1] == full[1] and any(fast[1])
+    assert fast[0].keys() == full[0].keys()
+    for name, values in fast[0].items():
+        np.testing.assert_array_equal(values, full[0][name])
