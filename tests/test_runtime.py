@@ -296,7 +296,8 @@ def test_sessions_without_spinning(classify_bundle: Path) -> None:
 def test_the_fast_tokenizer_call_gives_what_the_full_one_gives(classify_bundle: Path) -> None:
     # the Predictor tokenizes without the characters' offsets (encode_batch_fast) where it can
     predictor = Predictor(classify_bundle)
-    texts = [*SENTENCES[:4], (SENTENCES[0], SENTENCES[1]), " ".join(SENTENCES)]  # one past max_length
+    pair = (SENTENCES[0], SENTENCES[1])
+    texts: list[str | tuple[str, str]] = [*SENTENCES[:4], pair, " ".join(SENTENCES)]  # the last too long
     fast = predictor.encode(texts)
     predictor._encode_batch = predictor.tokenizer.encode_batch
     full = predictor.encode(texts)
