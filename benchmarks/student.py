@@ -37,6 +37,12 @@ def main() -> None:
         default=1.0,
         help="edgebert distill's hidden-state transfer weight (0: soft targets and labels alone).",
     )
+    parser.add_argument(
+        "--attention-weight",
+        type=float,
+        default=0.0,
+        help="edgebert distill's attention transfer weight (TinyBERT's other transfer; 0: none).",
+    )
     parser.add_argument("--out", required=True, help="Student checkpoint directory to write.")
     args = parser.parse_args()
     lines = Path(args.calibration).read_text(encoding="utf-8").splitlines()
@@ -51,7 +57,12 @@ def main() -> None:
             path.write_text("\n".join([header, *part]) + "\n", encoding="utf-8")
         distill = ["distill", "--teacher", args.model, "--data", str(train), "--eval", str(choose)]
         options = ["--epochs", str(args.epochs), "--student-layers", str(args.layers)]
-        options += ["--hidden-weight", str(args.hidden_weight)]
+        options += [
+            "--hidden-weight",
+            str(args.hidden_weight),
+            "--attention-weight",
+            str(args.attention_weight),
+        ]
         options += ["--student-ffn", str(args.ffn)] if args.ffn else []
         command = [sys.executable, "-m", "edgebert.cli", *distill, *options, "--out", args.out, "--force"]
         subprocess.run([*command, "--json"], check=True)
