@@ -27,7 +27,6 @@ prepare() {
     local shared=../shared venv=.venv/bin
     [ -d "$shared/models/minilm-sst2" ] || { echo "no $shared/models/minilm-sst2 here" >&2; exit 1; }
     rm -rf "$KIT" && mkdir -p "$KIT/stage"
-    local version
     version() { "$venv/python" -c "import importlib.metadata as m; print(m.version('$1'))"; }
     # transformers 4.57 (the device has 5.x, which edgebert's export cannot use) wants
     # tokenizers <= 0.23.0 and huggingface-hub < 1: the versions of this .venv
